@@ -1,0 +1,259 @@
+"""The model bundle: one directory (or one .tar.gz for shipping) that describes itself.
+
+Layout::
+
+    BUNDLE/
+      manifest.json        schema: edge_detect/schemas/manifest.schema.json
+      model_float32.tflite model_int8.tflite ...   one file per variant
+      reference.npy ...    arrays a scorer needs (embeddings)
+
+``manifest.files`` holds a SHA-256 for every other file, so a signature over
+manifest.json covers the whole bundle.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Union
+
+import numpy as np
+
+from . import __version__
+from .preprocess import Preprocess
+from .scoring import Scorer, scorer_from_dict
+
+SCHEMA_VERSION = 1
+SUPPORTED_SCHEMA_VERSIONS = (1,)
+MANIFEST = "manifest.json"
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
+# Variants in the order the device prefers them on a plain CPU.
+CPU_PREFERENCE = ("int8", "float32", "dynamic", "float16", "int8_io")
+_REQUIRED = ("schema_version", "name", "version", "family", "model", "created", "preprocess", "scoring",
+             "calibration", "variants", "files")
+
+
+class BundleError(Exception):
+    """A bundle the device must refuse. The message says which check failed."""
+
+
+def sha256_file(path: Union[str, Path], chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Bundle:
+    """A loaded, verified bundle directory."""
+
+    path: Path
+    manifest: Dict[str, Any]
+    _arrays: Optional[Dict[str, np.ndarray]] = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    @property
+    def variants(self) -> Dict[str, dict]:
+        return self.manifest["variants"]
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess.from_dict(self.manifest["preprocess"])
+
+    @property
+    def arrays(self) -> Dict[str, np.ndarray]:
+        """Reference arrays (e.g. normal embeddings), loaded once."""
+        if self._arrays is None:
+            self._arrays = {
+                k: np.load(self.path / v["file"], allow_pickle=False)
+                for k, v in self.manifest.get("arrays", {}).items()
+            }
+        return self._arrays
+
+    def scorer(self) -> Scorer:
+        return scorer_from_dict(self.manifest["scoring"], self.arrays)
+
+    def calibration(self, variant: str) -> Dict[str, Any]:
+        """Threshold and normal-score statistics for a variant (its own, if export recalibrated it)."""
+        return {**self.manifest["calibration"], **self.variants[variant].get("calibration", {})}
+
+    def model_path(self, variant: str) -> Path:
+        if variant not in self.variants:
+            raise BundleError(f"bundle {self.path} has no variant {variant!r}; it has {sorted(self.variants)}")
+        return self.path / self.variants[variant]["file"]
+
+    def model_sha256(self, variant: str) -> str:
+        return self.manifest["files"][self.variants[variant]["file"]]
+
+    def default_variant(self) -> str:
+        v = self.manifest.get("default_variant")
+        if v in self.variants:
+            return v
+        for v in CPU_PREFERENCE:
+            if v in self.variants:
+                return v
+        return next(iter(self.variants))
+
+
+def check_manifest(m: Mapping[str, Any], where: str = MANIFEST) -> None:
+    """Structural checks the device can afford without jsonschema. Raises BundleError."""
+    if not isinstance(m, dict):
+        raise BundleError(f"{where}: not a JSON object")
+    version = m.get("schema_version")
+    if version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise BundleError(
+            f"{where}: unknown schema_version {version!r} (this edge-detect {__version__} reads "
+            f"{', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))})"
+        )
+    missing = [k for k in _REQUIRED if k not in m]
+    if missing:
+        raise BundleError(f"{where}: missing key(s) {', '.join(missing)}")
+    if not m["variants"]:
+        raise BundleError(f"{where}: variants is empty")
+    for name, v in m["variants"].items():
+        for k in ("file", "input", "output"):
+            if k not in v:
+                raise BundleError(f"{where}: variants.{name}.{k} is missing")
+        if v["file"] not in m["files"]:
+            raise BundleError(f"{where}: variants.{name}.file {v['file']!r} has no entry in files")
+    try:
+        Preprocess.from_dict(m["preprocess"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise BundleError(f"{where}: preprocess: {e}") from None
+    if not isinstance(m["calibration"].get("threshold"), (int, float)):
+        raise BundleError(f"{where}: calibration.threshold must be a number")
+
+
+def verify_files(path: Path, manifest: Mapping[str, Any]) -> None:
+    """Every listed file exists and hashes to its SHA-256; no file is missing from the list."""
+    for name, digest in manifest["files"].items():
+        f = path / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise BundleError(f"bundle {path}: file name {name!r} escapes the bundle")
+        if not f.is_file():
+            raise BundleError(f"bundle {path}: {name} is missing")
+        actual = sha256_file(f)
+        if actual != digest:
+            raise BundleError(f"bundle {path}: SHA-256 of {name} does not match the manifest (tampered or truncated)")
+
+
+def load_bundle(path: Union[str, Path], verify: bool = True, extract_to: Optional[Path] = None) -> Bundle:
+    """Load a bundle directory or archive. With ``verify``, refuse it unless every check passes."""
+    path = Path(path)
+    if path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES):
+        path = unpack(path, extract_to or Path(tempfile.mkdtemp(prefix="edge-detect-bundle-")))
+    mf = path / MANIFEST
+    if not mf.is_file():
+        raise BundleError(f"{path}: not a bundle (no {MANIFEST})")
+    try:
+        manifest = json.loads(mf.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BundleError(f"{mf}: not valid JSON ({e})") from None
+    check_manifest(manifest, str(mf))
+    if verify:
+        verify_files(path, manifest)
+    return Bundle(path=path, manifest=manifest)
+
+
+def write_bundle(
+    out_dir: Union[str, Path],
+    manifest: Dict[str, Any],
+    files: Mapping[str, Union[str, Path, bytes]],
+    arrays: Optional[Mapping[str, np.ndarray]] = None,
+) -> Bundle:
+    """Write a bundle atomically: build it beside ``out_dir``, then rename into place.
+
+    ``files`` maps names in the bundle to source paths or bytes (the .tflite variants).
+    ``arrays`` are saved as ``<name>.npy`` and listed under ``manifest["arrays"]``.
+    ``files``, ``created``, ``schema_version`` and tool versions are filled in here.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for name, src in files.items():
+            if isinstance(src, (bytes, bytearray)):
+                (tmp / name).write_bytes(src)
+            else:
+                shutil.copyfile(src, tmp / name)
+        m = dict(manifest)
+        m["arrays"] = dict(m.get("arrays", {}))
+        for name, arr in (arrays or {}).items():
+            fname = f"{name}.npy"
+            np.save(tmp / fname, np.ascontiguousarray(arr), allow_pickle=False)
+            m["arrays"][name] = {"file": fname, "shape": list(arr.shape), "dtype": str(arr.dtype)}
+        m["schema_version"] = SCHEMA_VERSION
+        m.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        m.setdefault("tools", {})["edge_detect"] = __version__
+        m["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.name != MANIFEST}
+        check_manifest(m, f"{out_dir}/{MANIFEST}")
+        (tmp / MANIFEST).write_text(json.dumps(m, indent=2, sort_keys=False) + "\n")
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return load_bundle(out_dir)
+
+
+def pack(bundle_dir: Union[str, Path], archive: Union[str, Path]) -> Path:
+    """The single-file form for shipping: a .tar.gz of the bundle directory's files (flat)."""
+    bundle_dir, archive = Path(bundle_dir), Path(archive)
+    load_bundle(bundle_dir)  # never ship a bundle that would be refused
+    tmp = archive.with_name(archive.name + ".part")
+    with tarfile.open(tmp, "w:gz") as tar:
+        for p in sorted(bundle_dir.iterdir()):
+            if p.is_file():
+                tar.add(p, arcname=p.name)
+    os.replace(tmp, archive)
+    return archive
+
+
+def unpack(archive: Union[str, Path], dest: Union[str, Path]) -> Path:
+    """Extract an archive made by ``pack`` into ``dest`` (flat regular files only)."""
+    archive, dest = Path(archive), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar.getmembers():
+                name = member.name
+                if not member.isfile() or "/" in name.strip("./") or name.startswith(("/", "..")):
+                    raise BundleError(f"{archive}: unexpected archive member {name!r}")
+                f = tar.extractfile(member)
+                assert f is not None
+                (dest / Path(name).name).write_bytes(f.read())
+    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+        raise BundleError(f"{archive}: damaged or truncated archive ({e})") from None
+    return dest
+
+
+def read_archive_manifest(archive: Union[str, Path]) -> Dict[str, Any]:
+    """The manifest of an archive without extracting the models (for listings)."""
+    with tarfile.open(archive, "r:*") as tar:
+        f = tar.extractfile(MANIFEST)
+        if f is None:
+            raise BundleError(f"{archive}: no {MANIFEST}")
+        return json.load(io.TextIOWrapper(f))

@@ -1,0 +1,62 @@
+"""The delegate interface shared by every accelerator plugin."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple
+
+
+class DelegateUnavailable(RuntimeError):
+    """The accelerator can't be used here; the message is the one line we log."""
+
+
+LoadDelegate = Callable[[str, Optional[Dict[str, str]]], Any]
+
+
+@dataclass(frozen=True)
+class DelegateConfig:
+    type: ClassVar[str] = ""
+    # Bundle variants this accelerator can run, best first.
+    variants: ClassVar[Tuple[str, ...]] = ()
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "accelerator") -> "DelegateConfig":
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(fields))
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)} for type {cls.type!r}")
+        for k, v in d.items():
+            want = fields[k].type
+            ok = {"str": str, "int": int, "bool": bool, "float": (int, float)}.get(str(want).split("[")[0])
+            if ok is not None and (not isinstance(v, ok) or (ok is int and isinstance(v, bool))):
+                raise ValueError(f"{where}.{k} must be {want}, got {v!r}")
+        try:
+            return cls(**d)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: {e}") from None
+
+    @property
+    def name(self) -> str:
+        """How the accelerator is reported on the stats topic, e.g. 'edgetpu:usb'."""
+        return self.type
+
+    def options(self) -> Dict[str, str]:
+        return {}
+
+    def preferred_variants(self) -> Tuple[str, ...]:
+        """Bundle variants to try on this accelerator, best first."""
+        return self.variants
+
+    def library(self) -> str:
+        raise NotImplementedError
+
+    def check_model(self, model_path: str) -> None:
+        """Raise DelegateUnavailable if this model can't run on the accelerator."""
+
+    def load(self, load_delegate: LoadDelegate) -> Any:
+        try:
+            return load_delegate(self.library(), self.options() or None)
+        except (ValueError, RuntimeError, OSError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DelegateUnavailable(f"{self.name}: cannot load {self.library()} ({first})") from None

@@ -1,0 +1,152 @@
+"""Image in, verdict out: a bundle's model, preprocessing, scorer and threshold together.
+
+``edge-detect score``, the daemon, and training's evaluation of exported models
+all score through this class, so their numbers agree by construction.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .bundle import Bundle, BundleError, load_bundle
+from .delegates import DelegateConfig
+from .preprocess import ImageSource, Preprocess
+from .runtime import TFLiteModel, TensorSpec
+from .scoring import normalise
+
+
+@dataclass
+class Result:
+    """One scored image. Times are ms."""
+
+    score: float
+    normalised: float
+    threshold: float
+    anomalous: bool
+    error_map: Optional[np.ndarray] = field(default=None, repr=False)
+    timings: Dict[str, float] = field(default_factory=dict)
+    extra: Dict[str, object] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "score": self.score,
+            "normalised": self.normalised,
+            "threshold": self.threshold,
+            "anomalous": self.anomalous,
+            "timings_ms": {k: round(v, 3) for k, v in self.timings.items()},
+            **self.extra,
+        }
+
+
+def check_tensors(model: TFLiteModel, variant: str, spec: dict, where: str) -> None:
+    """Refuse a model whose input/output tensors differ from what the manifest says."""
+    for key, actual in (("input", model.input), ("output", model.output)):
+        want = spec[key]
+        if list(actual.shape) != list(want["shape"]) or actual.dtype != want["dtype"]:
+            raise BundleError(
+                f"{where}: variants.{variant}.{key} says {want['dtype']}{list(want['shape'])} "
+                f"but the model has {actual.dtype}{list(actual.shape)}"
+            )
+        if actual.quantized:
+            scale, zp = want.get("quantization", (0.0, 0))
+            if not np.isclose(actual.quantization[0], scale, rtol=1e-6) or actual.quantization[1] != zp:
+                raise BundleError(f"{where}: variants.{variant}.{key}.quantization does not match the model")
+
+
+class Detector:
+    """A bundle ready to score images.
+
+    variant: which .tflite to run (default: the accelerator's best, else the bundle's default).
+    threshold: overrides the bundle's calibrated threshold (same units as the score).
+    roi: per-camera crop (x, y, w, h) px that replaces the bundle's.
+    """
+
+    def __init__(
+        self,
+        bundle: Union[Bundle, str, Path],
+        variant: Optional[str] = None,
+        num_threads: Optional[int] = None,
+        delegate: Optional[DelegateConfig] = None,
+        require_accelerator: bool = False,
+        threshold: Optional[float] = None,
+        roi: Optional[Sequence[int]] = None,
+    ) -> None:
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self.variant = variant or self._pick_variant(delegate)
+        model_path = self.bundle.model_path(self.variant)
+        self.model = TFLiteModel(model_path, num_threads, delegate, require_accelerator)
+        if self.model.fallback and variant is None and self.variant != self.bundle.default_variant():
+            # The accelerator's own variant (e.g. int8_edgetpu) runs badly or not at all on a CPU.
+            reason = self.model.fallback
+            self.variant = self.bundle.default_variant()
+            self.model = TFLiteModel(self.bundle.model_path(self.variant), num_threads, None)
+            self.model.fallback = reason
+        check_tensors(self.model, self.variant, self.bundle.variants[self.variant], str(self.bundle.path))
+        self.preprocess: Preprocess = self.bundle.preprocess
+        if roi is not None:
+            self.preprocess = self.preprocess.with_roi(roi)
+        self.scorer = self.bundle.scorer()
+        cal = self.bundle.calibration(self.variant)
+        self.threshold = float(threshold if threshold is not None else cal["threshold"])
+        stats = cal.get("normal_stats") or {}
+        self.center = float(stats.get("median", 0.0))
+
+    def _pick_variant(self, delegate: Optional[DelegateConfig]) -> str:
+        if delegate is not None:
+            for v in delegate.preferred_variants():
+                if v in self.bundle.variants:
+                    return v
+        return self.bundle.default_variant()
+
+    @property
+    def input_spec(self) -> TensorSpec:
+        return self.model.input
+
+    @property
+    def model_sha256(self) -> str:
+        return self.bundle.model_sha256(self.variant)
+
+    def infer(self, x: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray], np.ndarray]:
+        """Scores (N,), maps (N, H, W) or None, and raw outputs for preprocessed inputs (N, H, W, C)."""
+        y = self.model.run_batch(x)
+        scores, maps = self.scorer(x, y)
+        return scores, maps, y
+
+    def decide(self, score: float) -> Tuple[float, bool]:
+        """(normalised score, anomalous?) for a raw score."""
+        return float(normalise(score, self.threshold, self.center)), bool(score > self.threshold)
+
+    def score_array(self, x: np.ndarray) -> Result:
+        """Score one preprocessed input (H, W, C)."""
+        t0 = time.perf_counter()
+        y = self.model(x[None])
+        t1 = time.perf_counter()
+        scores, maps = self.scorer(x[None], y)
+        t2 = time.perf_counter()
+        score = float(scores[0])
+        norm, anomalous = self.decide(score)
+        return Result(
+            score=score,
+            normalised=norm,
+            threshold=self.threshold,
+            anomalous=anomalous,
+            error_map=None if maps is None else maps[0],
+            timings={"invoke": (t1 - t0) * 1e3, "score": (t2 - t1) * 1e3},
+        )
+
+    def score(self, source: ImageSource) -> Result:
+        """Decode, preprocess and score one image (path, bytes, uint8 array or PIL image)."""
+        t0 = time.perf_counter()
+        x = self.preprocess(source)
+        t1 = time.perf_counter()
+        r = self.score_array(x)
+        r.timings = {"preprocess": (t1 - t0) * 1e3, **r.timings}
+        return r
+
+    def score_many(self, sources: Sequence[ImageSource]) -> List[Result]:
+        return [self.score(s) for s in sources]

@@ -1,0 +1,150 @@
+"""The TFLite interpreter: LiteRT where it installs, tflite-runtime next, tf.lite last.
+
+``TFLiteModel`` hides quantisation: it takes and returns float32 whatever the
+model's input and output dtypes are.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Tuple
+
+import numpy as np
+
+from .delegates import DelegateConfig, DelegateUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class AcceleratorRequired(RuntimeError):
+    """``require_accelerator`` is set and the accelerator can't be used."""
+
+
+def interpreter_backend() -> Tuple[str, Any, Callable]:
+    """(name, Interpreter class, load_delegate) of the first runtime that imports."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter, load_delegate
+
+        return "ai-edge-litert", Interpreter, load_delegate
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter, load_delegate  # type: ignore
+
+        return "tflite-runtime", Interpreter, load_delegate
+    except ImportError:
+        pass
+    try:
+        # Last resort on a workstation: this is the only place the device package may touch TensorFlow.
+        import tensorflow as tf  # type: ignore
+
+        return "tf.lite", tf.lite.Interpreter, tf.lite.experimental.load_delegate
+    except ImportError:
+        raise RuntimeError(
+            "no TFLite runtime: pip install ai-edge-litert (or tflite-runtime on armv7 / Python < 3.10)"
+        ) from None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output: shape (with batch), numpy dtype name, (scale, zero_point)."""
+
+    shape: Tuple[int, ...]
+    dtype: str
+    quantization: Tuple[float, int]
+
+    @classmethod
+    def from_details(cls, d: dict) -> "TensorSpec":
+        scale, zp = d.get("quantization", (0.0, 0))
+        return cls(tuple(int(v) for v in d["shape"]), np.dtype(d["dtype"]).name, (float(scale), int(zp)))
+
+    def to_dict(self) -> dict:
+        return {"shape": list(self.shape), "dtype": self.dtype, "quantization": list(self.quantization)}
+
+    @property
+    def quantized(self) -> bool:
+        return self.dtype in ("int8", "uint8", "int16") and self.quantization[0] > 0
+
+
+class TFLiteModel:
+    """One .tflite file in an interpreter, float32 in and out.
+
+    num_threads: CPU threads for the interpreter (None: the runtime's default).
+    delegate: an accelerator; if it can't be loaded the model runs on the CPU and
+    ``fallback`` says why, unless ``require_accelerator`` is set.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        num_threads: Optional[int] = None,
+        delegate: Optional[DelegateConfig] = None,
+        require_accelerator: bool = False,
+    ) -> None:
+        self.path = str(model_path)
+        self.backend, interpreter_cls, load_delegate = interpreter_backend()
+        self.accelerator = "cpu"
+        self.fallback: Optional[str] = None
+        delegates: List[Any] = []
+        if delegate is not None:
+            try:
+                delegate.check_model(self.path)
+                delegates.append(delegate.load(load_delegate))
+                self.accelerator = delegate.name
+            except DelegateUnavailable as e:
+                if require_accelerator:
+                    raise AcceleratorRequired(f"{e}; require_accelerator is set, so not falling back to the CPU")
+                self.fallback = str(e)
+                log.warning("%s; falling back to the CPU", e)
+        self._interp = interpreter_cls(
+            model_path=self.path, num_threads=num_threads, experimental_delegates=delegates or None
+        )
+        self._interp.allocate_tensors()
+        (inp,) = self._interp.get_input_details()
+        outs = self._interp.get_output_details()
+        self._in_index = inp["index"]
+        self._out_index = outs[0]["index"]
+        self.input = TensorSpec.from_details(inp)
+        self.outputs = [TensorSpec.from_details(o) for o in outs]
+        self.output = self.outputs[0]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Run one batch (the model's fixed batch size) of float32 input; float32 output."""
+        spec = self.input
+        if spec.quantized:
+            scale, zp = spec.quantization
+            info = np.iinfo(spec.dtype)
+            x = np.clip(np.round(x / scale) + zp, info.min, info.max).astype(spec.dtype)
+        else:
+            x = x.astype(spec.dtype, copy=False)
+        self._interp.set_tensor(self._in_index, x)
+        self._interp.invoke()
+        y = self._interp.get_tensor(self._out_index)
+        if self.output.quantized:
+            scale, zp = self.output.quantization
+            return (y.astype(np.float32) - zp) * np.float32(scale)
+        return y.astype(np.float32, copy=False)
+
+    def run_batch(self, x: np.ndarray) -> np.ndarray:
+        """Run any number of (H, W, C) inputs through the fixed-batch model, one batch at a time."""
+        b = self.input.shape[0]
+        if len(x) % b:
+            raise ValueError(f"{len(x)} inputs is not a multiple of the model's batch size {b}")
+        return np.concatenate([self(x[i : i + b]) for i in range(0, len(x), b)]) if len(x) else np.empty(
+            (0, *self.output.shape[1:]), np.float32
+        )
+
+    def ops(self) -> List[dict]:
+        """The graph's ops with their tensor dtypes (for the parity and Edge TPU reports)."""
+        details = self._interp._get_ops_details()  # noqa: SLF001 - no public API for this
+        tensors = {t["index"]: t for t in self._interp.get_tensor_details()}
+
+        def dtypes(idx: List[int]) -> List[str]:
+            return [np.dtype(tensors[i]["dtype"]).name for i in idx if i in tensors]
+
+        return [
+            {"index": d["index"], "op": d["op_name"], "inputs": dtypes(d["inputs"]), "outputs": dtypes(d["outputs"])}
+            for d in details
+        ]

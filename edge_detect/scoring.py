@@ -1,0 +1,167 @@
+"""Anomaly scores, in numpy only: the one implementation that training and the device share.
+
+A scorer turns (model input, model output) into one score per image, and for
+reconstruction models also a per-pixel error map for heatmaps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple, Type
+
+import numpy as np
+
+RECONSTRUCTION_METHODS = ("mse", "mae", "ssim", "max_smooth")
+SSIM_C1 = (0.01 * 1.0) ** 2  # for data range 1.0 (inputs scaled to 0..1)
+SSIM_C2 = (0.03 * 1.0) ** 2
+
+
+def box_filter(x: np.ndarray, k: int) -> np.ndarray:
+    """Mean over a k x k px window, same size output, reflected borders. x: (N, H, W) float."""
+    if k <= 1:
+        return x.astype(np.float32, copy=False)
+    if k % 2 == 0:
+        raise ValueError(f"box filter size must be odd, got {k} px")
+    r = k // 2
+    p = np.pad(x.astype(np.float64, copy=False), ((0, 0), (r, r), (r, r)), mode="reflect")
+    # Integral image: each window sum is four lookups, whatever k is.
+    c = np.zeros((p.shape[0], p.shape[1] + 1, p.shape[2] + 1), dtype=np.float64)
+    np.cumsum(np.cumsum(p, axis=1), axis=2, out=c[:, 1:, 1:])
+    h, w = x.shape[1], x.shape[2]
+    s = c[:, k : k + h, k : k + w] - c[:, :h, k : k + w] - c[:, k : k + h, :w] + c[:, :h, :w]
+    return (s / (k * k)).astype(np.float32)
+
+
+def _channels_last_to_planes(a: np.ndarray) -> np.ndarray:
+    """(N, H, W, C) -> (N*C, H, W), so 2-D filters run on every channel at once."""
+    n, h, w, c = a.shape
+    return np.moveaxis(a, 3, 1).reshape(n * c, h, w)
+
+
+def ssim_map(x: np.ndarray, y: np.ndarray, win: int = 7) -> np.ndarray:
+    """Per-pixel SSIM for (N, H, W, C) images in 0..1, averaged over channels: (N, H, W)."""
+    n, h, w, c = x.shape
+    a = _channels_last_to_planes(x.astype(np.float32, copy=False))
+    b = _channels_last_to_planes(y.astype(np.float32, copy=False))
+    mu_a, mu_b = box_filter(a, win), box_filter(b, win)
+    # Sample covariance, as in Wang et al. 2004 and scikit-image's default.
+    cov = win * win / (win * win - 1.0)
+    var_a = (box_filter(a * a, win) - mu_a * mu_a) * cov
+    var_b = (box_filter(b * b, win) - mu_b * mu_b) * cov
+    cov_ab = (box_filter(a * b, win) - mu_a * mu_b) * cov
+    s = ((2 * mu_a * mu_b + SSIM_C1) * (2 * cov_ab + SSIM_C2)) / (
+        (mu_a**2 + mu_b**2 + SSIM_C1) * (var_a + var_b + SSIM_C2)
+    )
+    return s.reshape(n, c, h, w).mean(axis=1)
+
+
+def reconstruction_scores(
+    x: np.ndarray, recon: np.ndarray, method: str = "mse", smooth: int = 5, ssim_win: int = 7
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Scores (N,) and per-pixel error maps (N, H, W) of reconstructions of (N, H, W, C) inputs.
+
+    mse / mae: mean squared / absolute error; maps are the squared / absolute error.
+    ssim: 1 - mean SSIM; map is 1 - SSIM.
+    max_smooth: max of the absolute error box-smoothed over ``smooth`` px; catches small defects.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    recon = np.asarray(recon, dtype=np.float32)
+    if x.shape != recon.shape or x.ndim != 4:
+        raise ValueError(f"input {x.shape} and reconstruction {recon.shape} must both be (N, H, W, C)")
+    if method == "mse":
+        m = ((x - recon) ** 2).mean(axis=3)
+        return m.mean(axis=(1, 2)), m
+    if method == "mae":
+        m = np.abs(x - recon).mean(axis=3)
+        return m.mean(axis=(1, 2)), m
+    if method == "ssim":
+        m = 1.0 - ssim_map(x, recon, ssim_win)
+        return m.mean(axis=(1, 2)), m
+    if method == "max_smooth":
+        m = box_filter(np.abs(x - recon).mean(axis=3), smooth)
+        return m.max(axis=(1, 2)), m
+    raise ValueError(f"scoring.method must be one of {RECONSTRUCTION_METHODS}, got {method!r}")
+
+
+def normalise(score: np.ndarray | float, threshold: float, center: float) -> np.ndarray | float:
+    """Map a score so that ``center`` (median normal score) is 0.0 and the threshold is 1.0."""
+    span = threshold - center
+    if span <= 0:
+        span = abs(threshold) or 1.0
+        center = 0.0 if threshold > 0 else center
+    return (score - center) / span
+
+
+# -- scorers the device builds from a manifest ---------------------------------------------------
+
+
+class Scorer:
+    """Turns a batch of model inputs and outputs into scores (N,) and maps (N, H, W) or None."""
+
+    kind: str = ""
+    wants_maps: bool = False
+
+    def __call__(self, x: np.ndarray, y: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        raise NotImplementedError
+
+
+_REGISTRY: Dict[str, Type[Scorer]] = {}
+
+
+def register(kind: str):
+    """Class decorator: make a scorer constructible from a manifest's ``scoring.kind``."""
+
+    def deco(cls: Type[Scorer]) -> Type[Scorer]:
+        cls.kind = kind
+        _REGISTRY[kind] = cls
+        return cls
+
+    return deco
+
+
+@register("reconstruction")
+@dataclass
+class ReconstructionScorer(Scorer):
+    method: str = "mse"
+    smooth: int = 5  # px, box size for max_smooth
+    ssim_win: int = 7  # px
+
+    wants_maps = True
+
+    def __post_init__(self) -> None:
+        if self.method not in RECONSTRUCTION_METHODS:
+            raise ValueError(f"scoring.method must be one of {RECONSTRUCTION_METHODS}, got {self.method!r}")
+
+    def __call__(self, x: np.ndarray, y: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        return reconstruction_scores(x, y, self.method, self.smooth, self.ssim_win)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "method": self.method, "smooth": self.smooth, "ssim_win": self.ssim_win}
+
+
+def scorer_from_dict(d: dict, arrays: Optional[Dict[str, np.ndarray]] = None) -> Scorer:
+    """Build the scorer a manifest describes. ``arrays`` holds any reference data it names."""
+    d = dict(d)
+    kind = d.pop("kind", None)
+    if kind not in _REGISTRY:
+        _load_plugins()
+    if kind not in _REGISTRY:
+        raise ValueError(f"scoring.kind must be one of {sorted(_REGISTRY)}, got {kind!r}")
+    cls = _REGISTRY[kind]
+    from_dict = getattr(cls, "from_dict", None)
+    return from_dict(d, arrays or {}) if from_dict else cls(**d)
+
+
+def _load_plugins() -> None:
+    """Scorers that live in their own modules register on import."""
+    import importlib
+
+    for mod in ("edge_detect.neighbors",):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
