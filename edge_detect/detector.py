@@ -16,7 +16,7 @@ import numpy as np
 from .bundle import Bundle, BundleError, load_bundle
 from .delegates import DelegateConfig
 from .preprocess import ImageSource, Preprocess
-from .runtime import TFLiteModel, TensorSpec
+from .runtime import TensorSpec, TFLiteModel
 from .scoring import normalise
 
 

@@ -90,14 +90,14 @@ class Preprocess:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocess":
+    def from_dict(cls, d: dict) -> Preprocess:
         d = dict(d)
         d["size"] = tuple(d["size"])
         if d.get("roi") is not None:
             d["roi"] = tuple(d["roi"])
         return cls(**d)
 
-    def with_roi(self, roi: Optional[Sequence[int]]) -> "Preprocess":
+    def with_roi(self, roi: Optional[Sequence[int]]) -> Preprocess:
         """A copy with another crop (per-camera ROI on the device)."""
         return Preprocess(**{**self.to_dict(), "size": self.size, "roi": tuple(roi) if roi else None})
 

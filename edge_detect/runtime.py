@@ -56,7 +56,7 @@ class TensorSpec:
     quantization: Tuple[float, int]
 
     @classmethod
-    def from_details(cls, d: dict) -> "TensorSpec":
+    def from_details(cls, d: dict) -> TensorSpec:
         scale, zp = d.get("quantization", (0.0, 0))
         return cls(tuple(int(v) for v in d["shape"]), np.dtype(d["dtype"]).name, (float(scale), int(zp)))
 
@@ -95,7 +95,8 @@ class TFLiteModel:
                 self.accelerator = delegate.name
             except DelegateUnavailable as e:
                 if require_accelerator:
-                    raise AcceleratorRequired(f"{e}; require_accelerator is set, so not falling back to the CPU")
+                    msg = f"{e}; require_accelerator is set, so not falling back to the CPU"
+                    raise AcceleratorRequired(msg) from None
                 self.fallback = str(e)
                 log.warning("%s; falling back to the CPU", e)
         self._interp = interpreter_cls(

@@ -21,7 +21,7 @@ class DelegateConfig:
     variants: ClassVar[Tuple[str, ...]] = ()
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "accelerator") -> "DelegateConfig":
+    def from_dict(cls, d: Mapping[str, Any], where: str = "accelerator") -> DelegateConfig:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - set(fields))
         if unknown:
