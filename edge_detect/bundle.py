@@ -188,6 +188,7 @@ def write_bundle(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
+        tmp.chmod(0o755)  # mkdtemp makes it 0700; the device's service user must read the bundle
         for name, src in files.items():
             if isinstance(src, (bytes, bytearray)):
                 (tmp / name).write_bytes(src)

@@ -16,7 +16,7 @@ import numpy as np
 from .bundle import Bundle, BundleError, load_bundle
 from .delegates import DelegateConfig
 from .preprocess import ImageSource, Preprocess
-from .runtime import TensorSpec, TFLiteModel
+from .runtime import AcceleratorRequired, TensorSpec, TFLiteModel
 from .scoring import normalise
 
 
@@ -58,6 +58,23 @@ def check_tensors(model: TFLiteModel, variant: str, spec: dict, where: str) -> N
                 raise BundleError(f"{where}: variants.{variant}.{key}.quantization does not match the model")
 
 
+def _load_model(
+    path: Path,
+    variant: str,
+    num_threads: Optional[int],
+    delegate: Optional[DelegateConfig],
+    require_accelerator: bool,
+) -> TFLiteModel:
+    """Open a variant's .tflite; a file the interpreter can't parse is a refused bundle, not a crash."""
+    try:
+        return TFLiteModel(path, num_threads, delegate, require_accelerator)
+    except AcceleratorRequired:
+        raise
+    except (ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BundleError(f"{path}: variants.{variant} is not a loadable TFLite model ({first})") from None
+
+
 class Detector:
     """A bundle ready to score images.
 
@@ -79,12 +96,17 @@ class Detector:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.variant = variant or self._pick_variant(delegate)
         model_path = self.bundle.model_path(self.variant)
-        self.model = TFLiteModel(model_path, num_threads, delegate, require_accelerator)
+        if self.variant.endswith("_edgetpu") and delegate is None:
+            raise BundleError(
+                f"{self.bundle.path}: variant {self.variant!r} is compiled for the Edge TPU and runs only with "
+                "its delegate; pick another variant for the CPU"
+            )
+        self.model = _load_model(model_path, self.variant, num_threads, delegate, require_accelerator)
         if self.model.fallback and variant is None and self.variant != self.bundle.default_variant():
             # The accelerator's own variant (e.g. int8_edgetpu) runs badly or not at all on a CPU.
             reason = self.model.fallback
             self.variant = self.bundle.default_variant()
-            self.model = TFLiteModel(self.bundle.model_path(self.variant), num_threads, None)
+            self.model = _load_model(self.bundle.model_path(self.variant), self.variant, num_threads, None, False)
             self.model.fallback = reason
         check_tensors(self.model, self.variant, self.bundle.variants[self.variant], str(self.bundle.path))
         self.preprocess: Preprocess = self.bundle.preprocess
@@ -130,6 +152,11 @@ class Detector:
         t2 = time.perf_counter()
         score = float(scores[0])
         norm, anomalous = self.decide(score)
+        extra: Dict[str, object] = {}
+        if not anomalous and getattr(self.scorer, "labels", None) is not None:
+            # Classification with rejection (embedding scorers): a class only for accepted inputs.
+            c = int(self.scorer.classify(y)[0])  # type: ignore[attr-defined]
+            extra = {"class": c, "class_name": self.scorer.class_name(c)}  # type: ignore[attr-defined]
         return Result(
             score=score,
             normalised=norm,
@@ -137,6 +164,7 @@ class Detector:
             anomalous=anomalous,
             error_map=None if maps is None else maps[0],
             timings={"invoke": (t1 - t0) * 1e3, "score": (t2 - t1) * 1e3},
+            extra=extra,
         )
 
     def score(self, source: ImageSource) -> Result:

@@ -138,14 +138,47 @@ class TFLiteModel:
         )
 
     def ops(self) -> List[dict]:
-        """The graph's ops with their tensor dtypes (for the parity and Edge TPU reports)."""
-        details = self._interp._get_ops_details()  # noqa: SLF001 - no public API for this
-        tensors = {t["index"]: t for t in self._interp.get_tensor_details()}
+        """The graph's builtin ops with their tensor dtypes (for the parity and Edge TPU reports).
 
-        def dtypes(idx: List[int]) -> List[str]:
-            return [np.dtype(tensors[i]["dtype"]).name for i in idx if i in tensors]
+        The serving interpreter may have handed the graph to XNNPACK or an accelerator, which then
+        shows up as one DELEGATE node; a second interpreter without any delegate lists the real ops.
+        """
+        return model_ops(self.path)
 
-        return [
-            {"index": d["index"], "op": d["op_name"], "inputs": dtypes(d["inputs"]), "outputs": dtypes(d["outputs"])}
-            for d in details
-        ]
+
+def model_ops(model_path: str | os.PathLike) -> List[dict]:
+    """Ops of a .tflite file as ``{"index", "op", "inputs", "outputs"}``; inputs/outputs are dtype names.
+
+    Constant inputs (weights, biases, shapes) are listed too, so a CONV_2D reads
+    ``inputs=["int8", "int8", "int32"]`` when it is fully quantised.
+    """
+    _, interpreter_cls, _ = interpreter_backend()
+    kwargs: dict = {}
+    resolver = _builtin_resolver_without_delegates(interpreter_cls)
+    if resolver is not None:
+        kwargs["experimental_op_resolver_type"] = resolver
+    interp = interpreter_cls(model_path=str(model_path), **kwargs)
+    # No allocate_tensors(): listing ops needs only the parsed graph, and custom ops (edgetpu) would fail.
+    details = interp._get_ops_details()  # noqa: SLF001 - no public API for this
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+
+    def dtypes(idx: List[int]) -> List[str]:
+        return [np.dtype(tensors[i]["dtype"]).name for i in idx if i >= 0 and i in tensors]
+
+    return [
+        {"index": int(d["index"]), "op": d["op_name"], "inputs": dtypes(d["inputs"]),
+         "outputs": dtypes(d["outputs"])}
+        for d in details
+    ]
+
+
+def _builtin_resolver_without_delegates(interpreter_cls: Any) -> Any:
+    """The OpResolverType that disables XNNPACK, from whichever runtime module we loaded."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(interpreter_cls.__module__)
+    except ImportError:
+        return None
+    kind = getattr(mod, "OpResolverType", None)
+    return getattr(kind, "BUILTIN_WITHOUT_DEFAULT_DELEGATES", None) if kind is not None else None

@@ -1,0 +1,154 @@
+"""The device refuses a bad bundle with a message saying which check failed (library and CLI)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("tensorflow")
+
+import tiny_export as tx  # noqa: E402
+
+from edge_detect.bundle import BundleError, load_bundle, pack  # noqa: E402
+from edge_detect.cli import main  # noqa: E402
+from edge_detect.detector import Detector  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    root = tmp_path_factory.mktemp("refusal")
+    res, imgs, _ = tx.export(root / "bundle", quant="int8", archive=True)
+    image = tx.write_images(root / "img", imgs[:1])[0]
+    return res.bundle.path, res.archive, image
+
+
+def copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def edit_manifest(bundle: Path, fn) -> None:
+    mf = bundle / "manifest.json"
+    m = json.loads(mf.read_text())
+    fn(m)
+    mf.write_text(json.dumps(m))
+
+
+def refuse_cli(bundle: Path, image: Path, *args: str) -> str:
+    r = CliRunner().invoke(main, ["score", str(bundle), str(image), *args])
+    assert r.exit_code == 2, r.output
+    line = r.output.strip().splitlines()[-1]
+    assert line.startswith("error: bundle refused:")
+    return line
+
+
+def test_good_bundle_and_archive_load(good):
+    path, archive, image = good
+    assert load_bundle(path).name == "tiny"
+    r = CliRunner().invoke(main, ["score", str(archive), str(image), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output.splitlines()[-1])["variant"] == "int8"
+
+
+def test_tampered_model_is_refused(good, tmp_path):
+    path, _, image = good
+    b = copy(path, tmp_path / "b")
+    blob = bytearray((b / "model_int8.tflite").read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    (b / "model_int8.tflite").write_bytes(bytes(blob))
+    with pytest.raises(BundleError, match=r"SHA-256 of model_int8\.tflite does not match the manifest"):
+        load_bundle(b)
+    assert "SHA-256 of model_int8.tflite does not match" in refuse_cli(b, image)
+
+
+def test_truncated_model_is_refused(good, tmp_path):
+    path, _, image = good
+    b = copy(path, tmp_path / "b")
+    f = b / "model_int8_io.tflite"
+    f.write_bytes(f.read_bytes()[:1000])
+    with pytest.raises(BundleError, match=r"SHA-256 of model_int8_io\.tflite does not match.*truncated"):
+        load_bundle(b)
+    assert "model_int8_io.tflite does not match" in refuse_cli(b, image, "--variant", "int8_io")
+
+
+def test_truncated_model_with_rehashed_manifest_is_still_refused(good, tmp_path):
+    """A truncated file whose hash was (wrongly) refreshed still can't crash the device."""
+    from edge_detect.bundle import sha256_file
+
+    path, _, image = good
+    b = copy(path, tmp_path / "b")
+    f = b / "model_int8.tflite"
+    f.write_bytes(f.read_bytes()[:1000])
+    edit_manifest(b, lambda m: m["files"].__setitem__("model_int8.tflite", sha256_file(f)))
+    with pytest.raises(BundleError, match=r"variants\.int8 is not a loadable TFLite model"):
+        Detector(b, variant="int8")
+    assert "is not a loadable TFLite model" in refuse_cli(b, image)
+
+
+def test_missing_model_is_refused(good, tmp_path):
+    path, _, image = good
+    b = copy(path, tmp_path / "b")
+    (b / "model_float32.tflite").unlink()
+    assert "model_float32.tflite is missing" in refuse_cli(b, image)
+
+
+def test_truncated_archive_is_refused(good, tmp_path):
+    _, archive, image = good
+    bad = tmp_path / "bundle.tar.gz"
+    data = archive.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BundleError, match="damaged or truncated archive"):
+        load_bundle(bad, extract_to=tmp_path / "x")
+    assert "damaged or truncated archive" in refuse_cli(bad, image)
+
+
+def test_wrong_shape_in_manifest_is_refused(good, tmp_path):
+    path, _, image = good
+    b = copy(path, tmp_path / "b")
+    edit_manifest(b, lambda m: m["variants"]["int8"]["input"].__setitem__("shape", [1, 32, 32, 1]))
+    load_bundle(b)  # hashes still match: manifest.json is not hashed by itself
+    msg = r"variants\.int8\.input says float32\[1, 32, 32, 1\] but the model has float32\[1, 16, 16, 1\]"
+    with pytest.raises(BundleError, match=msg):
+        Detector(b, variant="int8")
+    assert "variants.int8.input says float32[1, 32, 32, 1]" in refuse_cli(b, image)
+
+
+def test_wrong_quantisation_in_manifest_is_refused(good, tmp_path):
+    path, _, image = good
+    b = copy(path, tmp_path / "b")
+    edit_manifest(b, lambda m: m["variants"]["int8_io"]["input"].__setitem__("quantization", [0.5, 3]))
+    assert "variants.int8_io.input.quantization does not match the model" in refuse_cli(
+        b, image, "--variant", "int8_io")
+
+
+def test_unknown_schema_version_is_refused(good, tmp_path):
+    path, archive, image = good
+    b = copy(path, tmp_path / "b")
+    edit_manifest(b, lambda m: m.__setitem__("schema_version", 99))
+    with pytest.raises(BundleError, match="unknown schema_version 99"):
+        load_bundle(b)
+    assert "unknown schema_version 99" in refuse_cli(b, image)
+    # The same refusal through the archive form.
+    arch = tmp_path / "v99.tar.gz"
+    with pytest.raises(BundleError, match="unknown schema_version 99"):
+        pack(b, arch)  # pack itself refuses to ship it
+
+
+def test_refused_bundles_fail_the_json_schema_too(good):
+    jsonschema = pytest.importorskip("jsonschema")
+    path, _, _ = good
+    schema = json.loads((Path(__file__).resolve().parents[1] / "edge_detect/schemas/manifest.schema.json").read_text())
+    m = json.loads((path / "manifest.json").read_text())
+    jsonschema.validate(m, schema)
+    for mutate in (lambda m: m.__setitem__("schema_version", 99),
+                   lambda m: m["files"].__setitem__("model_int8.tflite", "not-a-hash"),
+                   lambda m: m["variants"]["int8"]["input"].__setitem__("dtype", "float64"),
+                   lambda m: m.pop("calibration")):
+        bad = json.loads(json.dumps(m))
+        mutate(bad)
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)

@@ -1,0 +1,247 @@
+import http.server
+import os
+import threading
+import time
+
+import pytest
+
+from edge_detect.capture import PLUGINS, SourceError, make_source, source_config_from_dict
+from edge_detect.capture.directory import DirectorySource
+from edge_detect.capture.http import redact
+from edge_detect.validate import ConfigError
+
+
+def _dir_source(tmp_path, **opts):
+    kind, cfg = source_config_from_dict({"type": "directory", "path": str(tmp_path / "in"), "settle": 0.0,
+                                         "poll_interval": 0.02, **opts}, "cameras[0].source")
+    (tmp_path / "in").mkdir(exist_ok=True)
+    src = make_source(kind, cfg, "cam")
+    src.open()
+    return src
+
+
+def _drain(src, timeout=0.3):
+    frames = []
+    while (f := src.read(timeout)) is not None:
+        frames.append(f)
+    return frames
+
+
+def test_registry_has_one_module_per_type():
+    assert set(PLUGINS) == {"directory", "http", "opencv"}
+
+
+def test_directory_move_processes_each_file_once_in_order(tmp_path):
+    src = _dir_source(tmp_path)
+    d = tmp_path / "in"
+    for i, name in enumerate(["b.jpg", "a.png", "c.JPG"]):
+        (d / name).write_bytes(b"x" * (i + 1))
+        os.utime(d / name, ns=(1_000_000_000 * (10 + i),) * 2)  # b oldest, then a, then c
+    (d / "notes.txt").write_text("not an image")
+    (d / "d.jpg.part").write_bytes(b"partial")
+    (d / ".hidden.jpg").write_bytes(b"dot")
+    frames = _drain(src)
+    assert [f.name for f in frames] == ["b.jpg", "a.png", "c.JPG"]
+    assert frames[0].data == b"x" and frames[0].t_capture == pytest.approx(10.0)
+    src.done(frames[0], ok=True)
+    src.done(frames[1], ok=False)
+    assert (d / "processed" / "b.jpg").exists() and (d / "processed" / "rejected" / "a.png").exists()
+    assert not (d / "b.jpg").exists()
+    # c is in flight (not done): it is not handed out twice
+    assert src.read(0.1) is None
+    src.close()
+    src.open()  # after a reconnect the unfinished file comes again rather than being lost
+    again = _drain(src)
+    assert [f.name for f in again] == ["c.JPG"] and again[0].key == frames[2].key
+
+
+def test_directory_waits_for_a_file_to_settle(tmp_path):
+    src = _dir_source(tmp_path, settle=0.3)
+    f = tmp_path / "in" / "growing.jpg"
+    f.write_bytes(b"a")
+    assert src.read(0.1) is None  # just written: not settled yet
+    with open(f, "ab") as fh:
+        fh.write(b"b")
+    t0 = time.monotonic()
+    frame = src.read(2.0)
+    assert frame is not None and frame.data == b"ab"
+    assert time.monotonic() - t0 >= 0.25
+
+
+def test_directory_delete(tmp_path):
+    src = _dir_source(tmp_path, after="delete")
+    (tmp_path / "in" / "a.jpg").write_bytes(b"1")
+    (f,) = _drain(src)
+    src.done(f, ok=True)
+    assert not (tmp_path / "in" / "a.jpg").exists()
+
+
+def test_directory_keep_survives_restart(tmp_path):
+    src = _dir_source(tmp_path, after="keep", record=str(tmp_path / "state" / "cam.processed"))
+    d = tmp_path / "in"
+    for n in ("a.jpg", "b.jpg"):
+        (d / n).write_bytes(n.encode())
+    frames = _drain(src)
+    assert len(frames) == 2
+    src.done(frames[0], ok=True)
+    src.close()
+    # a restart: only the file that was not done comes again
+    src2 = _dir_source(tmp_path, after="keep", record=str(tmp_path / "state" / "cam.processed"))
+    assert [f.name for f in _drain(src2)] == ["b.jpg"]
+    # a new file with the same name (rewritten) is new
+    (d / "a.jpg").write_bytes(b"new content")
+    assert [f.name for f in _drain(src2)] == ["a.jpg"]
+    assert (d / "a.jpg").exists() and (d / "b.jpg").exists()
+
+
+def test_directory_vanishes_and_returns(tmp_path):
+    src = _dir_source(tmp_path)
+    d = tmp_path / "in"
+    (d / "processed" / "rejected").rmdir()
+    (d / "processed").rmdir()
+    d.rmdir()
+    with pytest.raises(SourceError, match="does not exist|cannot list"):
+        src.read(0.2)
+    src.close()
+    with pytest.raises(SourceError, match="does not exist"):
+        src.open()
+    d.mkdir()
+    src.open()
+    (d / "x.jpg").write_bytes(b"1")
+    assert src.read(1.0).name == "x.jpg"
+
+
+def test_directory_rejects_oversize_unread(tmp_path):
+    src = _dir_source(tmp_path, max_bytes=10)
+    (tmp_path / "in" / "big.jpg").write_bytes(b"0" * 11)
+    (f,) = _drain(src)
+    assert f.data == b""
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    body = b"\xff\xd8jpeg-bytes"
+    auth = None
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        if self.auth and self.headers.get("Authorization") != self.auth:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="cam"')
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def http_server():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_http_snapshot(http_server):
+    url = f"http://127.0.0.1:{http_server.server_address[1]}/snap.jpg"
+    kind, cfg = source_config_from_dict({"type": "http", "url": url, "timeout": 2.0}, "s")
+    src = make_source(kind, cfg, "cam")
+    src.open()
+    f = src.read(1.0)
+    assert f.data == _Handler.body and f.name == url
+
+
+def test_http_basic_auth_password_from_env(http_server, monkeypatch):
+    import base64
+
+    monkeypatch.setattr(_Handler, "auth", "Basic " + base64.b64encode(b"op:s3cret").decode())
+    monkeypatch.setenv("CAM_PW", "s3cret")
+    url = f"http://127.0.0.1:{http_server.server_address[1]}/snap.jpg"
+    kind, cfg = source_config_from_dict(
+        {"type": "http", "url": url, "auth": "basic", "username": "op", "password_env": "CAM_PW"}, "s")
+    src = make_source(kind, cfg, "cam")
+    src.open()
+    assert src.read(1.0).data == _Handler.body
+    monkeypatch.setenv("CAM_PW", "wrong")
+    src.open()
+    with pytest.raises(SourceError, match="HTTP 401"):
+        src.read(1.0)
+
+
+def test_http_server_gone_is_a_source_error(http_server):
+    port = http_server.server_address[1]
+    http_server.shutdown()
+    http_server.server_close()
+    kind, cfg = source_config_from_dict({"type": "http", "url": f"http://u:pw@127.0.0.1:{port}/x", "timeout": 1.0}, "s")
+    src = make_source(kind, cfg, "cam")
+    src.open()
+    with pytest.raises(SourceError) as e:
+        src.read(1.0)
+    assert "pw" not in str(e.value)  # the password never reaches a log line
+
+
+def test_redact():
+    assert redact("https://user:pw@cam.local:8443/snap?x=1") == "https://cam.local:8443/snap?x=1"
+    assert redact("http://cam/snap") == "http://cam/snap"
+
+
+def test_source_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match=r"cameras\[2\]\.source\.type: must be one of"):
+        source_config_from_dict({"type": "ftp"}, "cameras[2].source")
+    with pytest.raises(ConfigError, match=r"s\.settle: must be number"):
+        source_config_from_dict({"type": "directory", "path": "/x", "settle": "fast"}, "s")
+    with pytest.raises(ConfigError, match=r"s\.after: must be one of move, delete, keep"):
+        source_config_from_dict({"type": "directory", "path": "/x", "after": "archive"}, "s")
+    with pytest.raises(ConfigError, match=r"s\.colour: unknown key"):
+        source_config_from_dict({"type": "http", "url": "http://x/", "colour": 1}, "s")
+    with pytest.raises(ConfigError, match=r"s\.url: must be an http"):
+        source_config_from_dict({"type": "http", "url": "ftp://x/"}, "s")
+    with pytest.raises(ConfigError, match=r"s\.url: give exactly one"):
+        source_config_from_dict({"type": "opencv"}, "s")
+
+
+def test_opencv_missing_names_the_extra(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def fake(name, *a, **k):
+        if name == "cv2":
+            raise ImportError("No module named 'cv2'")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+    kind, cfg = source_config_from_dict({"type": "opencv", "url": "rtsp://cam/stream"}, "s")
+    src = make_source(kind, cfg, "cam")
+    with pytest.raises(SourceError, match=r"edge-detect\[camera\]"):
+        src.open()
+
+
+def test_opencv_video_file(tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    import numpy as np
+
+    path = str(tmp_path / "clip.avi")
+    w = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 5, (32, 24))
+    for i in range(3):
+        w.write(np.full((24, 32, 3), (0, 0, 200 + i), np.uint8))  # BGR red
+    w.release()
+    kind, cfg = source_config_from_dict({"type": "opencv", "url": path}, "s")
+    src = make_source(kind, cfg, "cam")
+    src.open()
+    f = src.read(1.0)
+    assert f.data.shape == (24, 32, 3) and f.data[0, 0, 0] > 150  # converted to RGB: red first
+    src.read(1.0), src.read(1.0)
+    with pytest.raises(SourceError, match="end of stream"):
+        src.read(1.0)
+    src.close()
+
+
+def test_directory_source_class():
+    assert PLUGINS["directory"] is DirectorySource and DirectorySource.default_interval == 0.0

@@ -1,0 +1,144 @@
+"""Explainers: the one-pass U-Net trains, exports to int8 and runs in LiteRT; the explain CLI writes PNGs."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+SIZE = 16
+
+
+def _normals(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    xx = np.mgrid[:SIZE, :SIZE][1] / SIZE
+    base = 0.4 + 0.2 * np.sin(8 * xx)
+    return np.clip(base[None, :, :, None] + rng.normal(0, 0.02, (n, SIZE, SIZE, 1)), 0, 1).astype(np.float32)
+
+
+def _write_pngs(folder, x: np.ndarray) -> list:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, img in enumerate(x):
+        p = folder / f"img{i}.png"
+        Image.fromarray((img[:, :, 0] * 255).round().astype(np.uint8), "L").save(p)
+        paths.append(str(p))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def explainer_dir(tmp_path_factory):
+    from edge_detect.preprocess import Preprocess
+    from training.explain import OnePassConfig, fit_one_pass, save_explainer
+
+    out = tmp_path_factory.mktemp("explainer")
+    x = _normals(24)
+    model, summary = fit_one_pass(x, OnePassConfig(epochs=1, per_epoch=32, width=4, batch_size=8))
+    save_explainer(out, model, Preprocess(size=(SIZE, SIZE)), summary, x[:16])
+    return out
+
+
+@pytest.fixture(scope="module")
+def metric_run(tmp_path_factory):
+    """An untrained but complete metric run directory: the per-image path only needs a frozen F and C."""
+    from training.explain import load_metric_embedder  # noqa: F401 - import check
+    from training.metric import MetricConfig, embed, save_reference, write_run_config
+    from training.metric_models import build_model
+
+    run = tmp_path_factory.mktemp("metric")
+    cfg = MetricConfig(width=4, embed_dim=8)
+    model = build_model((SIZE, SIZE, 1), 2, "cnn", cfg.embed_dim, cfg.alpha, cfg.width)
+    model.save(run / "model.keras")
+    save_reference(run, embed(model, _normals(8)), None)
+    write_run_config(run, cfg, {"input_shape": [SIZE, SIZE, 1]})
+    return run
+
+
+def test_unet_uses_only_edgetpu_mappable_ops_and_runs_int8(explainer_dir) -> None:
+    from edge_detect.runtime import TFLiteModel, model_ops
+    from training.explain import EXPLAINER_TFLITE, OnePass
+
+    ops = {o["op"] for o in model_ops(explainer_dir / EXPLAINER_TFLITE)}
+    assert ops <= {"CONV_2D", "MAX_POOL_2D", "RESIZE_NEAREST_NEIGHBOR", "CONCATENATION", "LOGISTIC", "QUANTIZE",
+                   "DEQUANTIZE"}, ops
+    assert {"RESIZE_NEAREST_NEIGHBOR", "LOGISTIC", "CONCATENATION"} <= ops
+    m = TFLiteModel(explainer_dir / EXPLAINER_TFLITE)
+    assert m.input.shape == (1, SIZE, SIZE, 1)
+    tfl = OnePass(explainer_dir).explain(_normals(3, seed=5))
+    keras_maps = OnePass(explainer_dir, use_tflite=False).explain(_normals(3, seed=5))
+    assert tfl.shape == (3, SIZE, SIZE) and 0 <= tfl.min() and tfl.max() <= 1
+    assert np.abs(tfl - keras_maps).max() < 0.1  # int8 tracks the float model
+
+
+def test_training_batch_targets_are_the_synthetic_masks() -> None:
+    from training.explain import training_batch
+    from training.synthetic import AnomalyGenerator
+
+    x = _normals(8)
+    xs, ys = training_batch(x, 10, AnomalyGenerator(), 0.5, seed=3)
+    assert xs.shape == (10, SIZE, SIZE, 1) and ys.shape == (10, SIZE, SIZE, 1)
+    assert all(ys[i].any() for i in range(5)) and not ys[5:].any()
+    xs2, ys2 = training_batch(x, 10, AnomalyGenerator(), 0.5, seed=3)
+    np.testing.assert_array_equal(xs, xs2)
+
+
+def test_per_image_ano_unet_reconstructs(metric_run) -> None:
+    from training.explain import AnoUnet, PerImageConfig, load_metric_embedder
+
+    f, center, pre = load_metric_embedder(metric_run)
+    assert pre.shape == (SIZE, SIZE, 1) and center.shape == (8,)
+    x = _normals(1)[0]
+    x[4:8, 4:8] = 1.0
+    heat, y, info = AnoUnet(f, center, PerImageConfig(epochs=40, beta=1.0)).explain(x)
+    assert heat.shape == (SIZE, SIZE) and y.shape == x.shape
+    # G learns to copy the image: its error shrinks well below that of a constant guess.
+    assert np.abs(x - y).mean() < np.abs(x - x.mean()).mean()
+    assert info["seconds"] > 0
+
+
+def test_explain_cli_one_pass_and_per_image_write_pngs(explainer_dir, metric_run, tmp_path) -> None:
+    from training.explain import _click_commands
+
+    explain, _ = _click_commands()
+    imgs = _write_pngs(tmp_path / "in", _normals(2, seed=4))
+    r = CliRunner().invoke(explain, [str(explainer_dir), *imgs, "--out", str(tmp_path / "o1")])
+    assert r.exit_code == 0, r.output
+    pngs = sorted((tmp_path / "o1").glob("*.png"))
+    assert [p.name for p in pngs] == ["img0_one-pass.png", "img1_one-pass.png"]
+    assert Image.open(pngs[0]).size == (2 * SIZE + 2, SIZE)
+    r = CliRunner().invoke(explain, [str(metric_run), imgs[0], "--method", "per-image", "--epochs", "3",
+                                     "--out", str(tmp_path / "o2")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "o2" / "img0_per-image.png").is_file()
+
+
+def test_cli_error_paths_are_one_line_exit_2(explainer_dir, tmp_path) -> None:
+    from training.explain import _click_commands
+
+    explain, fit = _click_commands()
+    imgs = _write_pngs(tmp_path / "in", _normals(1))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG truncated")
+    cases = [
+        (explain, [str(tmp_path / "nope"), imgs[0]], "no such run or explainer directory"),
+        (explain, [str(explainer_dir), str(tmp_path / "missing.png")], "no such image"),
+        (explain, [str(explainer_dir), str(bad)], "bad.png"),
+        (explain, [str(explainer_dir), imgs[0], "--method", "per-image"], "metric run directory"),
+        (explain, [str(tmp_path), imgs[0]], "no explainer.json"),
+        (explain, [str(explainer_dir), imgs[0], "--epochs", "0"], "--epochs"),
+        (fit, [str(tmp_path / "absent"), "--out", str(tmp_path / "e")], "no such folder"),
+        (fit, [str(tmp_path / "in"), "--out", str(tmp_path / "e"), "--input-size", "10"], "multiple of 4"),
+    ]
+    (tmp_path / "empty").mkdir()
+    cases.append((fit, [str(tmp_path / "empty"), "--out", str(tmp_path / "e")], "no readable images"))
+    for cmd, args, msg in cases:
+        r = CliRunner().invoke(cmd, args)
+        assert r.exit_code == 2, (args, r.output)
+        err = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]
+        assert len(err) == 1 and msg in err[0], (args, r.output)
+        assert "Traceback" not in r.output

@@ -1,0 +1,122 @@
+"""The SQLite outbox: order, acks, cap policies, and durability across SIGKILL."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from edge_detect.outbox import Message, Outbox, OutboxFull
+
+
+def test_order_ack_and_reopen(tmp_path):
+    path = tmp_path / "ob.sqlite"
+    ob = Outbox(path)
+    seqs = [ob.put(f"t/{i}", f"p{i}".encode(), props={"user": [["event_id", str(i)]]}) for i in range(5)]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 5
+    items = ob.pending(10)
+    assert [it.topic for it in items] == [f"t/{i}" for i in range(5)]
+    assert items[2].payload == b"p2" and items[2].props == {"user": [["event_id", "2"]]} and items[2].qos == 1
+    assert ob.pending(2, after=seqs[1])[0].seq == seqs[2]
+    assert ob.ack(seqs[0]) and not ob.ack(seqs[0])  # a second ack of the same row is a no-op
+    assert ob.ack_many([seqs[1], seqs[4], 999]) == 2
+    assert ob.depth() == 2 and ob.bytes() == 4
+    ob.close()
+    ob = Outbox(path)
+    assert [it.seq for it in ob.pending()] == [seqs[2], seqs[3]]
+    assert ob.depth() == 2 and ob.stats()["acked"] == 3
+    # AUTOINCREMENT: even after the newest row was acked, a new row sorts after every old one.
+    assert ob.put("t/new", b"x") > seqs[4]
+    ob.close()
+
+
+def test_drop_oldest_drops_whole_groups_and_counts(tmp_path):
+    ob = Outbox(tmp_path / "ob.sqlite", max_messages=5, policy="drop_oldest")
+    groups = [ob.put_many([Message(f"e/{g}", b"event"), Message(f"s/{g}", b"jpeg")]) for g in range(4)]
+    # 4 groups of 2 into a cap of 5: each new group pushes out whole old ones, never half a group.
+    assert ob.depth() == 4
+    assert [it.topic for it in ob.pending()] == ["e/2", "s/2", "e/3", "s/3"]
+    assert ob.stats()["dropped"] == 4 and ob.stats()["rejected"] == 0
+    assert groups[3] == sorted(groups[3])
+    ob.close()
+    assert Outbox(tmp_path / "ob.sqlite").stats()["dropped"] == 4  # counters persist
+
+
+def test_byte_cap_and_reject_new(tmp_path):
+    ob = Outbox(tmp_path / "ob.sqlite", max_bytes=100, policy="reject_new")
+    ob.put("a", b"x" * 60)
+    with pytest.raises(OutboxFull, match="reject_new"):
+        ob.put("b", b"y" * 60)
+    ob.put("c", b"z" * 40)  # exactly at the cap is fine
+    assert [it.topic for it in ob.pending()] == ["a", "c"] and ob.bytes() == 100
+    with pytest.raises(OutboxFull, match="exceeds the outbox cap"):
+        ob.put("d", b"w" * 101)
+    st = ob.stats()
+    assert st["rejected"] == 2 and st["dropped"] == 0 and st["depth"] == 2
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="policy"):
+        Outbox(tmp_path / "a.sqlite", policy="drop_newest")
+    with pytest.raises(ValueError, match="synchronous"):
+        Outbox(tmp_path / "b.sqlite", synchronous="OFF")
+    ob = Outbox(tmp_path / "c.sqlite")
+    with pytest.raises(TypeError, match="bytes"):
+        ob.put("t", "text")  # type: ignore[arg-type]
+    ob.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        ob.put("t", b"x")
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from edge_detect.outbox import Message, Outbox
+    ob = Outbox(sys.argv[1], synchronous=sys.argv[2])
+    i = 0
+    while True:
+        seqs = ob.put_many([Message("e", b"event-%d" % i), Message("s", b"jpeg-%d" % i * 50)])
+        acked = seqs[0] - 2 if i % 3 == 1 else 0  # ack the previous event now and then, like a sender
+        if acked:
+            ob.ack(acked)
+        print(i, seqs[0], seqs[1], acked, flush=True)  # printed only after the commits returned
+        i += 1
+    """
+)
+
+
+@pytest.mark.parametrize("synchronous", ["FULL", "NORMAL"])
+def test_survives_sigkill(tmp_path, synchronous):
+    path = tmp_path / "ob.sqlite"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), synchronous], stdout=subprocess.PIPE, text=True)
+    confirmed = []
+    for line in proc.stdout:
+        confirmed.append(tuple(int(x) for x in line.split()))
+        if len(confirmed) >= 300:
+            break
+    proc.send_signal(signal.SIGKILL)  # mid-write: the writer never stops between puts
+    proc.wait()
+    proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    db.close()
+    ob = Outbox(path)
+    rows = {it.seq: it for it in ob.pending(100_000)}
+    acked = {a for *_, a in confirmed if a}
+    assert len(acked) == 100
+    for i, e_seq, s_seq, _ in confirmed:
+        # Every put that returned before the kill is there, unless the writer itself acked it.
+        if e_seq in acked:
+            assert e_seq not in rows
+        else:
+            assert rows[e_seq].payload == b"event-%d" % i
+        assert rows[s_seq].payload == b"jpeg-%d" % i * 50
+    seqs = list(rows)
+    assert seqs == sorted(seqs)
+    assert ob.depth() == len(rows)
+    ob.close()

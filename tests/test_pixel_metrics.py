@@ -1,0 +1,80 @@
+"""Pixel AUROC and PRO on cases whose answers are known by construction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training.pixel_metrics import pixel_auroc, pixel_metrics, pro_curve, pro_score
+
+
+def _two_regions() -> np.ndarray:
+    m = np.zeros((2, 16, 16), bool)
+    m[0, 2:6, 2:6] = True  # 16 px
+    m[1, 8:10, 8:14] = True  # 12 px
+    return m
+
+
+def test_perfect_and_inverted_maps() -> None:
+    masks = _two_regions()
+    perfect = masks.astype(float)
+    assert pixel_auroc(perfect, masks) == 1.0
+    assert pro_score(perfect, masks) == pytest.approx(1.0)
+    assert pixel_auroc(1 - perfect, masks) == 0.0
+    assert pro_score(1 - perfect, masks) == pytest.approx(0.0)
+
+
+def test_auroc_matches_sklearn_with_ties() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    masks = rng.random((3, 12, 12)) < 0.2
+    maps = np.round(rng.random((3, 12, 12)) + masks * 0.3, 1)  # coarse values: many ties
+    assert pixel_auroc(maps, masks) == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-12)
+
+
+def test_random_map_pro_is_half_max_fpr() -> None:
+    # A map independent of the masks: each region's overlap tracks the FPR, so PRO(fpr) = fpr and the
+    # normalised integral up to 0.3 is 0.3 / 2.
+    rng = np.random.default_rng(1)
+    masks = np.zeros((4, 64, 64), bool)
+    masks[:, 10:40, 10:40] = True
+    maps = rng.random(masks.shape)
+    assert pro_score(maps, masks) == pytest.approx(0.15, abs=0.01)
+    assert pixel_auroc(maps, masks) == pytest.approx(0.5, abs=0.02)
+
+
+def test_pro_weights_regions_equally_not_pixels() -> None:
+    # A big region found perfectly, a small one missed (scored like background): PRO is 0.5 at
+    # every FPR below the background's, although 90 % of the anomalous pixels are found.
+    masks = np.zeros((1, 20, 20), bool)
+    masks[0, 0:9, 0:10] = True  # 90 px
+    masks[0, 15:16, 10:20] = True  # 10 px
+    maps = np.zeros((1, 20, 20))
+    maps[0, 0:9, 0:10] = 1.0
+    c = pro_curve(maps, masks)
+    assert c["pro"][1] == pytest.approx(0.5) and c["fpr"][1] == 0.0
+    # The rest (small region + background) is one tie group reached at FPR 1, so the segment from
+    # (0, 0.5) to (1, 1.0) is linear: mean PRO over [0, 0.3] is 0.5 + 0.5 * 0.15.
+    assert pro_score(maps, masks) == pytest.approx(0.575)
+    assert pixel_auroc(maps, masks) == pytest.approx(0.95)
+
+
+def test_pro_handles_partial_region_and_cut_at_max_fpr() -> None:
+    masks = np.zeros((1, 10, 10), bool)
+    masks[0, :, :5] = True  # one region of 50 px; 50 normal px
+    maps = np.zeros((1, 10, 10))
+    maps[0, :5, :5] = 2.0  # half the region found first
+    maps[0, 5:, 5:] = 1.0  # then 25 normal px (FPR 0.5) together with nothing else
+    # Curve: (0,0) -> (0,0.5) -> (0.5,0.5) -> (1,1). Mean over [0,0.3] = 0.5.
+    assert pro_score(maps, masks) == pytest.approx(0.5)
+    assert pro_score(maps, masks, max_fpr=1.0) == pytest.approx((0.5 * 0.5 + 0.5 * 0.75) / 1.0)
+
+
+def test_errors_and_degenerate_cases() -> None:
+    with pytest.raises(ValueError, match="must both be"):
+        pixel_auroc(np.zeros((2, 4, 4)), np.zeros((2, 4, 5), bool))
+    assert pixel_auroc(np.zeros((1, 4, 4)), np.zeros((1, 4, 4), bool)) is None
+    with pytest.raises(ValueError, match="at least one anomalous region"):
+        pro_score(np.zeros((1, 4, 4)), np.zeros((1, 4, 4), bool))
+    assert pixel_metrics(np.zeros((1, 4, 4)), np.zeros((1, 4, 4), bool))["pro"] is None

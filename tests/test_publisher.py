@@ -1,0 +1,351 @@
+"""Publisher against a real Mosquitto on loopback: order, outages, SIGKILL, availability, config."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import jsonschema
+import paho.mqtt.client as mqtt
+import pytest
+
+from edge_detect.events import build_event
+from edge_detect.outbox import Outbox, OutboxFull
+from edge_detect.publisher import MqttConfig, Publisher
+
+SCHEMA = json.loads((Path(__file__).parents[1] / "edge_detect" / "schemas" / "event.schema.json").read_text())
+MODEL = {"name": "casting", "version": "3", "sha256": "ab" * 32, "variant": "int8"}
+
+
+class Collector:
+    """A subscriber that records (topic, payload, retain, user properties); optionally persistent."""
+
+    def __init__(self, broker, topic="edge-detect/#", client_id=None, v5=True):
+        self.msgs = []
+        self.cv = threading.Condition()
+        kw = {"protocol": mqtt.MQTTv5 if v5 else mqtt.MQTTv311}
+        if client_id and not v5:
+            kw["clean_session"] = False
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or "", **kw)
+        self.c.reconnect_delay_set(0.2, 1)
+        self.topic = topic
+        self.c.on_message = self._on_message
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(self.topic, qos=1)
+        ckw = {}
+        if v5:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600 if client_id else 0
+            ckw = {"clean_start": not client_id, "properties": props}
+        self.c.connect(broker.host, broker.port, **ckw)
+        self.c.loop_start()
+        self.wait(lambda m: True, 0, 0.3)  # give the SUBACK a moment
+
+    def _on_message(self, c, u, m):
+        props = dict(getattr(m.properties, "UserProperty", []) or []) if m.properties else {}
+        with self.cv:
+            self.msgs.append((m.topic, bytes(m.payload), m.retain, props))
+            self.cv.notify_all()
+
+    def wait(self, pred, n, timeout):
+        deadline = time.monotonic() + timeout
+        with self.cv:
+            while sum(1 for m in self.msgs if pred(m)) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.cv.wait(left)
+            return [m for m in self.msgs if pred(m)]
+
+    def events(self, n, timeout=10.0):
+        """All event payloads (duplicates included) once ``n`` distinct event ids arrived."""
+        deadline = time.monotonic() + timeout
+        with self.cv:
+            while True:
+                evs = [json.loads(m[1]) for m in self.msgs if "/event/" in m[0]]
+                left = deadline - time.monotonic()
+                if len({e["event_id"] for e in evs}) >= n or left <= 0:
+                    return evs
+                self.cv.wait(left)
+
+    def close(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def distinct_in_order(events):
+    seen, out = set(), []
+    for e in events:
+        if e["event_id"] not in seen:
+            seen.add(e["event_id"])
+            out.append(e["event_id"])
+    return out
+
+
+def make_event(i, camera="cam1"):
+    return build_event(device="dev1", camera=camera, score=0.5 + i, normalised=1.0 + i / 100, threshold=0.5,
+                       anomalous=True, model=MODEL, captured_at=time.time(), latency_ms={"invoke": 1.5, "total": 3.0})
+
+
+def publisher(broker, tmp_path, protocol="3.1.1", name="ob.sqlite", **outbox_kw):
+    cfg = MqttConfig.from_dict({"host": broker.host, "port": broker.port, "protocol": protocol,
+                                "reconnect_min_s": 0.2, "reconnect_max_s": 1, "max_inflight": 5})
+    return Publisher(cfg, "dev1", Outbox(tmp_path / name, **outbox_kw), cameras=["cam1"])
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_events_delivered_in_order_with_ids(mosquitto, tmp_path, protocol):
+    sub = Collector(mosquitto)
+    pub = publisher(mosquitto, tmp_path, protocol)
+    pub.start()
+    assert pub.wait_connected(5)
+    ids = [pub.publish_event(make_event(i), snapshot=b"\xff\xd8snap%d" % i if i % 10 == 0 else None,
+                             heatmap=b"\xff\xd8heat" if i == 0 else None) for i in range(40)]
+    events = sub.events(40)
+    assert [e["event_id"] for e in events] == ids
+    for e in events:
+        jsonschema.validate(e, SCHEMA)
+    assert events[0]["snapshot"] == {"topic": "edge-detect/dev1/snapshot/cam1", "event_id": ids[0],
+                                     "content_type": "image/jpeg", "bytes": 7}
+    assert events[1]["snapshot"] is None and events[0]["heatmap"]["topic"] == "edge-detect/dev1/heatmap/cam1"
+    snaps = sub.wait(lambda m: "/snapshot/" in m[0], 4, 5)
+    assert [m[1] for m in snaps] == [b"\xff\xd8snap%d" % i for i in (0, 10, 20, 30)]
+    if protocol == "5":
+        assert [m[3]["event_id"] for m in snaps] == [ids[i] for i in (0, 10, 20, 30)]
+    assert pub.flush(5) and pub.outbox.depth() == 0
+    st = pub.stats()
+    assert st["acked"] == 45 and st["inflight"] == 0
+    pub.stop()
+    sub.close()
+
+
+def test_broker_outage_then_all_delivered(mosquitto, tmp_path):
+    sub = Collector(mosquitto, client_id="test-persistent-sub")
+    pub = publisher(mosquitto, tmp_path)
+    pub.start()
+    assert pub.wait_connected(5)
+    ids = [pub.publish_event(make_event(i)) for i in range(20)]
+    mosquitto.stop()
+    ids += [pub.publish_event(make_event(i)) for i in range(20, 50)]  # broker down: into the outbox
+    time.sleep(2.0)
+    assert pub.outbox.depth() >= 30 and not pub.connected
+    mosquitto.start()
+    ids += [pub.publish_event(make_event(i)) for i in range(50, 60)]
+    events = sub.events(60, timeout=15)
+    got = distinct_in_order(events)
+    assert got == ids, [ids.index(i) for i in ids if i not in got]
+    assert pub.flush(5)
+    pub.stop()
+    sub.close()
+
+
+PUB_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from edge_detect.events import build_event
+    from edge_detect.outbox import Outbox
+    from edge_detect.publisher import MqttConfig, Publisher
+    port, path, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    cfg = MqttConfig.from_dict({"host": "127.0.0.1", "port": port, "reconnect_min_s": 0.2, "reconnect_max_s": 1})
+    pub = Publisher(cfg, "dev1", Outbox(path), cameras=["cam1"])
+    pub.start()
+    print("connected" if pub.wait_connected(3) else "offline", flush=True)
+    model = {"name": "m", "version": "1", "sha256": "0" * 64, "variant": "int8"}
+    for i in range(n):
+        ev = build_event(device="dev1", camera="cam1", score=1.0, normalised=2.0, threshold=0.5, anomalous=True,
+                         model=model, captured_at=time.time())
+        print(pub.publish_event(ev, snapshot=b"jpeg%d" % i), flush=True)
+    print("done", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def run_publisher_process(port, outbox_path, n):
+    proc = subprocess.Popen([sys.executable, "-c", PUB_SCRIPT, str(port), str(outbox_path), str(n)],
+                            stdout=subprocess.PIPE, text=True)
+    state = proc.stdout.readline().strip()
+    ids = []
+    for line in proc.stdout:
+        if line.strip() == "done":
+            break
+        ids.append(line.strip())
+    return proc, state, ids
+
+
+def kill(proc):
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+
+
+def test_sigkill_with_undelivered_events_then_restart(mosquitto, tmp_path):
+    sub = Collector(mosquitto, client_id="test-sigkill-sub")
+    mosquitto.stop()  # nothing can leave: everything the process queues stays in its outbox
+    proc, state, ids = run_publisher_process(mosquitto.port, tmp_path / "ob.sqlite", 25)
+    assert state == "offline" and len(ids) == 25
+    kill(proc)
+    assert Outbox(tmp_path / "ob.sqlite").depth() == 50
+    mosquitto.start()
+    pub = publisher(mosquitto, tmp_path, "5")  # same outbox file: the restarted daemon (v5: props)
+    pub.start()
+    events = sub.events(25, timeout=15)
+    assert distinct_in_order(events) == ids
+    snaps = sub.wait(lambda m: "/snapshot/" in m[0], 25, 5)
+    assert [m[3]["event_id"] for m in snaps][:25] == ids  # original ids, also on the binaries (v5 props)
+    assert pub.flush(5)
+    pub.stop()
+    sub.close()
+
+
+def test_availability_online_offline_and_last_will(mosquitto, tmp_path):
+    status = "edge-detect/dev1/status"
+    proc, state, _ = run_publisher_process(mosquitto.port, tmp_path / "a.sqlite", 1)
+    assert state == "connected"
+    late = Collector(mosquitto, topic=status)  # joins after: sees the retained "online"
+    assert late.wait(lambda m: True, 1, 5)[0][1:3] == (b"online", True)
+    kill(proc)  # no DISCONNECT packet: the broker publishes the last will
+    assert late.wait(lambda m: m[1] == b"offline", 1, 5)
+    late.close()
+    assert Collector(mosquitto, topic=status).wait(lambda m: True, 1, 5)[0][1:3] == (b"offline", True)
+
+    pub = publisher(mosquitto, tmp_path)
+    pub.start()
+    assert pub.wait_connected(5)
+    watch = Collector(mosquitto, topic=status)
+    assert watch.wait(lambda m: m[1] == b"online", 1, 5)
+    # Re-published on every reconnect (the broker restart also lost nothing: retained + persistence).
+    mosquitto.stop()
+    mosquitto.start()
+    assert len(watch.wait(lambda m: m[1] == b"online", 2, 10)) >= 2
+    pub.stop()
+    assert watch.wait(lambda m: m[1] == b"offline", 1, 5)
+    watch.close()
+    final = Collector(mosquitto, topic=status)
+    assert final.wait(lambda m: True, 1, 5)[0][1:3] == (b"offline", True)
+    final.close()
+
+
+def test_cap_policy_drops_oldest_and_reports_it(mosquitto, tmp_path):
+    pub = publisher(mosquitto, tmp_path, max_messages=4, policy="drop_oldest")
+    ids = [pub.publish_event(make_event(i)) for i in range(6)]  # not started yet: all stay queued
+    assert pub.outbox.depth() == 4 and pub.outbox.stats()["dropped"] == 2
+    sub = Collector(mosquitto)
+    pub.start()
+    assert [e["event_id"] for e in sub.events(4)] == ids[2:]
+    pub.publish_stats({"fps": 12.5})
+    stats = json.loads(sub.wait(lambda m: m[0] == "edge-detect/dev1/stats", 1, 5)[0][1])
+    assert stats["fps"] == 12.5 and stats["outbox"]["dropped"] == 2 and stats["device"] == "dev1"
+    pub.stop()
+    sub.close()
+
+    rej = publisher(mosquitto, tmp_path, name="rej.sqlite", max_messages=3, policy="reject_new")
+    rej.publish_event(make_event(0), snapshot=b"jpeg")
+    with pytest.raises(OutboxFull):
+        rej.publish_event(make_event(1), snapshot=b"jpeg")
+    assert rej.outbox.stats()["rejected"] == 2
+
+
+def test_discovery_and_commands(mosquitto, tmp_path):
+    got = []
+    pub = publisher(mosquitto, tmp_path)
+    pub.on_command = lambda cmd: (got.append(cmd), pub.report(cmd, True, "captured"))
+    pub.start()
+    assert pub.wait_connected(5)
+    disco = Collector(mosquitto, topic="homeassistant/#")
+    cfgs = {m[0]: json.loads(m[1]) for m in disco.wait(lambda m: True, 2, 5)}
+    bs = cfgs["homeassistant/binary_sensor/dev1_cam1/config"]
+    assert bs["device_class"] == "problem" and bs["state_topic"] == "edge-detect/dev1/event/cam1"
+    assert bs["availability_topic"] == "edge-detect/dev1/status"
+    assert cfgs["homeassistant/sensor/dev1_cam1_score/config"]["value_template"] == "{{ value_json.score_normalised }}"
+    disco.close()
+
+    results = Collector(mosquitto, topic="edge-detect/dev1/cmd/result")
+    results.c.publish("edge-detect/dev1/cmd", json.dumps({"cmd": "capture", "camera": "cam1", "id": "c1"}), qos=1)
+    results.c.publish("edge-detect/dev1/cmd", b"not json", qos=1)
+    res = [json.loads(m[1]) for m in results.wait(lambda m: True, 2, 5)]
+    assert got == [{"cmd": "capture", "camera": "cam1", "id": "c1"}]
+    assert {(r["id"], r["ok"]) for r in res} == {("c1", True), (None, False)}
+    results.close()
+    pub.stop()
+
+
+def test_config_validation_errors(tmp_path):
+    ok = MqttConfig.from_dict({"host": "broker", "protocol": 5, "username": "u", "password_env": "EDGE_PW"})
+    assert ok.protocol == "5" and ok.port == 1883 and ok.topic_prefix == "edge-detect"
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    assert MqttConfig.from_dict({"tls": {"ca_file": str(ca)}}).port == 8883
+    bad = [
+        ({"port": 0}, "mqtt.port must be an integer 1..65535"),
+        ({"port": "1883"}, "mqtt.port must be an integer 1..65535"),
+        ({"protocol": "4"}, "mqtt.protocol must be"),
+        ({"hots": "x"}, "mqtt.hots is not a known key"),
+        ({"qos": 0}, "mqtt.qos must be an integer 1..2"),
+        ({"keepalive": True}, "mqtt.keepalive must be an integer"),
+        ({"tls": {"ca_file": str(tmp_path / "nope.pem")}}, "mqtt.tls.ca_file: no such file"),
+        ({"tls": {"cert_file": str(ca)}}, "mqtt.tls.cert_file and mqtt.tls.key_file must be given together"),
+        ({"tls": {"verify": False}}, "mqtt.tls.verify is not a known key"),
+        ({"password_env": "X"}, "mqtt.username is required"),
+        ({"username": "u", "password_env": "X", "password_file": str(ca)}, "are exclusive"),
+        ({"username": "u", "password_file": str(tmp_path / "missing")}, "mqtt.password_file: no such file"),
+        ({"topic_prefix": "a/+/b"}, "mqtt.topic_prefix"),
+    ]
+    for d, msg in bad:
+        with pytest.raises(ValueError) as e:
+            MqttConfig.from_dict(d)
+        assert msg in str(e.value), (d, str(e.value))
+        assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match=r"^daemon.toml: mqtt\.port"):
+        MqttConfig.from_dict({"port": 70000}, where="daemon.toml: mqtt")
+    env = MqttConfig.from_dict({"username": "u", "password_env": "EDGE_DETECT_TEST_UNSET_PW"})
+    with pytest.raises(ValueError, match="EDGE_DETECT_TEST_UNSET_PW is not set"):
+        env.password()
+
+
+def test_password_auth_and_never_logged(tmp_path, caplog):
+    from mosquitto import Mosquitto
+
+    secret = "s3cr3t-Pa55word-xyz"
+    broker = Mosquitto(tmp_path / "auth", users={"device": secret})
+    broker.start()
+    try:
+        pwfile = tmp_path / "pw"
+        pwfile.write_text(secret + "\n")
+        caplog.set_level(logging.DEBUG)
+        base = {"host": broker.host, "port": broker.port, "username": "device", "protocol": "5",
+                "reconnect_min_s": 0.2, "reconnect_max_s": 1}
+        cfg = MqttConfig.from_dict({**base, "password_file": str(pwfile)})
+        assert secret not in repr(cfg)
+        pub = Publisher(cfg, "dev1", Outbox(tmp_path / "ob.sqlite"))
+        pub.start()
+        assert pub.wait_connected(5)
+        pub.publish_event(make_event(0))
+        assert pub.flush(5)
+        pub.stop()
+
+        os.environ["EDGE_DETECT_TEST_PW"] = "wrong-" + secret
+        try:
+            wrong = Publisher(MqttConfig.from_dict({**base, "password_env": "EDGE_DETECT_TEST_PW"}), "dev2",
+                              Outbox(tmp_path / "ob2.sqlite"))
+            wrong.start()
+            assert not wrong.wait_connected(1.5)
+            wrong.stop(clean=False)
+        finally:
+            del os.environ["EDGE_DETECT_TEST_PW"]
+        text = caplog.text
+        assert "refused the connection" in text  # the bad password is reported, in one line ...
+        assert secret not in text  # ... and neither password appears anywhere in the logs
+        assert "connected to" in text and "CONNECT" in text  # the debug log did run (paho packets)
+    finally:
+        broker.stop()

@@ -1,0 +1,427 @@
+"""Explanations: where in an image the anomaly is, two ways.
+
+* **per-image (Ano-Unet reference).** For each image x a small U-Net G is trained from scratch on
+  that one image with L = mean|x - G(x)| + beta * mean|F(G(x)) - C|, where F is a frozen metric
+  embedder (unit-length embedding of a metric run) and C the mean normal embedding. G learns to
+  copy x except where copying would keep x away from the normal cluster; the heatmap is |x - G(x)|.
+  (Means instead of sums: the same minimiser, and beta stays independent of image size.)
+* **one-pass.** One small U-Net, trained once on normal images (target: empty mask) and synthetic
+  anomalies (target: their mask, from :mod:`training.synthetic`), predicts the anomaly mask in a
+  single forward pass. Built only from Conv2D, MaxPool, nearest Resizing, Concatenate and a sigmoid,
+  at batch 1, so it converts to full-int8 TFLite for the device / Edge TPU.
+
+An explainer directory (``edge-train fit-explainer``) holds ``explainer.keras``,
+``explainer_int8.tflite`` and ``explainer.json`` (preprocess, training summary).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from edge_detect.preprocess import Preprocess
+
+from .synthetic import KINDS, AnomalyGenerator
+
+EXPLAINER_JSON = "explainer.json"
+EXPLAINER_KERAS = "explainer.keras"
+EXPLAINER_TFLITE = "explainer_int8.tflite"
+METHODS = ("per-image", "one-pass")
+
+
+class ExplainError(Exception):
+    """A user error (missing run, wrong kind of directory); the CLI prints it on one line, exit 2."""
+
+
+# -- the network ----------------------------------------------------------------------------------
+
+
+def unet(input_shape: Tuple[int, int, int], width: int = 8, depth: int = 2, out_channels: int = 1,
+         out_activation: str = "sigmoid", batch_size: Optional[int] = None) -> Any:
+    """A small U-Net of Edge TPU-mappable ops: Conv2D+ReLU, MaxPool, nearest Resizing, Concatenate.
+
+    input_shape: (H, W, C) with H and W divisible by 2**depth. width: filters of the first level,
+    doubling per level. out_activation "sigmoid" lowers to LOGISTIC.
+    """
+    import keras
+    from keras import layers
+
+    h, w = input_shape[:2]
+    if h % (2**depth) or w % (2**depth):
+        raise ValueError(f"input {h}x{w} px must be divisible by {2 ** depth} for a depth-{depth} U-Net")
+    inp = keras.Input(input_shape, batch_size=batch_size, name="image")
+    x = inp
+    skips = []
+    for d in range(depth):
+        x = layers.Conv2D(width * 2**d, 3, padding="same", activation="relu", name=f"down{d}a")(x)
+        x = layers.Conv2D(width * 2**d, 3, padding="same", activation="relu", name=f"down{d}b")(x)
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"pool{d}")(x)
+    x = layers.Conv2D(width * 2**depth, 3, padding="same", activation="relu", name="bottom")(x)
+    for d in reversed(range(depth)):
+        # Nearest Resizing lowers to RESIZE_NEAREST_NEIGHBOR (UpSampling2D would give RESHAPE+TILE).
+        x = layers.Resizing(h // 2**d, w // 2**d, interpolation="nearest", name=f"up{d}")(x)
+        x = layers.Concatenate(name=f"skip{d}")([x, skips[d]])
+        x = layers.Conv2D(width * 2**d, 3, padding="same", activation="relu", name=f"up{d}a")(x)
+    out = layers.Conv2D(out_channels, 1, activation=out_activation, name="out")(x)
+    return keras.Model(inp, out, name="unet")
+
+
+# -- per-image (Ano-Unet) -------------------------------------------------------------------------
+
+
+@dataclass
+class PerImageConfig:
+    """beta: weight of the embedding term (reference: 50-80). epochs: optimisation steps on the one
+    image (reference: 150-200; the default finishes in seconds at 64x64 on a laptop CPU)."""
+
+    beta: float = 60.0
+    epochs: int = 150
+    learning_rate: float = 2e-3
+    width: int = 8
+    depth: int = 2
+    seed: int = 0
+
+
+class AnoUnet:
+    """Per-image explanations against a frozen embedder F with normal centre C."""
+
+    def __init__(self, embedder: Any, center: np.ndarray, cfg: Optional[PerImageConfig] = None) -> None:
+        self.embedder = embedder
+        self.embedder.trainable = False
+        self.center = np.asarray(center, np.float32)
+        self.cfg = cfg or PerImageConfig()
+
+    def explain(self, x: np.ndarray) -> Tuple[np.ndarray, np.ndarray, Dict[str, float]]:
+        """(heatmap (H, W), G(x) (H, W, C), {"loss", "seconds"}) for one preprocessed image (H, W, C)."""
+        import keras
+        import tensorflow as tf
+
+        c = self.cfg
+        keras.utils.set_random_seed(c.seed)
+        g = unet(tuple(x.shape), c.width, c.depth, x.shape[2], "sigmoid")
+        opt = keras.optimizers.Adam(c.learning_rate)
+        xb = tf.constant(x[None], tf.float32)
+        center = tf.constant(self.center[None], tf.float32)
+        beta = tf.constant(c.beta, tf.float32)
+        emb, variables = self.embedder, g.trainable_variables
+
+        @tf.function
+        def step() -> Any:
+            with tf.GradientTape() as tape:
+                y = g(xb, training=True)
+                loss = tf.reduce_mean(tf.abs(xb - y)) + beta * tf.reduce_mean(tf.abs(emb(y, training=False) - center))
+            opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            return loss
+
+        t0 = time.perf_counter()
+        loss = 0.0
+        for _ in range(c.epochs):
+            loss = float(step())
+        y = np.asarray(g(xb, training=False))[0]
+        heat = np.abs(x - y).mean(axis=2)
+        return heat, y, {"loss": loss, "seconds": time.perf_counter() - t0}
+
+
+def load_metric_embedder(run_dir: Union[str, Path]) -> Tuple[Any, np.ndarray, Preprocess]:
+    """(frozen unit-length embedder F, centre C, preprocess) from a metric run directory."""
+    from . import metric
+    from .metric_models import embedder_of
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "model.keras").is_file() or not (run_dir / metric.REFERENCE_FILE).is_file():
+        raise ExplainError(f"{run_dir}: per-image explanations need a metric run directory "
+                           f"(model.keras + {metric.REFERENCE_FILE}; train one with --model metric)")
+    classifier, _, shape = metric.load_run(run_dir)
+    # The l2norm layer exists whatever cfg.l2 says: F(G(x)) is compared on the unit sphere.
+    f = embedder_of(classifier, "graph")
+    emb, _ = metric.load_reference(run_dir)
+    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    return f, emb.mean(axis=0), _run_preprocess(run_dir, shape)
+
+
+def _run_preprocess(run_dir: Path, shape: Sequence[int]) -> Preprocess:
+    run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    if "preprocess" in run:
+        return Preprocess.from_dict(run["preprocess"])
+    return Preprocess(size=(int(shape[0]), int(shape[1])), color="gray" if int(shape[2]) == 1 else "rgb")
+
+
+# -- one-pass -------------------------------------------------------------------------------------
+
+
+@dataclass
+class OnePassConfig:
+    """epochs over ``per_epoch`` images, half normal and half synthetic anomalies (fresh each epoch)."""
+
+    epochs: int = 20
+    per_epoch: int = 512
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    width: int = 8
+    depth: int = 2
+    anomaly_fraction: float = 0.5
+    kinds: Tuple[str, ...] = KINDS
+    seed: int = 0
+
+
+def _dice_bce(y_true: Any, y_pred: Any) -> Any:
+    """BCE plus soft Dice: masks cover a few % of the pixels, and BCE alone learns to say "nothing"."""
+    import keras
+    from keras import ops
+
+    bce = keras.losses.binary_crossentropy(y_true, y_pred)
+    inter = ops.sum(y_true * y_pred, axis=(1, 2, 3))
+    dice = 1 - (2 * inter + 1) / (ops.sum(y_true, axis=(1, 2, 3)) + ops.sum(y_pred, axis=(1, 2, 3)) + 1)
+    return ops.mean(bce) + ops.mean(dice)
+
+
+def training_batch(x_normal: np.ndarray, n: int, gen: AnomalyGenerator, fraction: float, seed: int
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+    """(images (n, H, W, C), target masks (n, H, W, 1)): a ``fraction`` are synthetic anomalies."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x_normal), n)
+    n_anom = int(round(n * fraction))
+    xs = x_normal[idx].copy()
+    ys = np.zeros((n, *x_normal.shape[1:3], 1), np.float32)
+    if n_anom:
+        s = gen.batch(x_normal[idx[:n_anom]], n_anom, seed=seed)
+        xs[:n_anom], ys[:n_anom, :, :, 0] = s.images, s.masks
+    return xs, ys
+
+
+def fit_one_pass(x_normal: np.ndarray, cfg: Optional[OnePassConfig] = None,
+                 foreign: Optional[Sequence[np.ndarray]] = None, verbose: int = 0,
+                 progress: Optional[Callable[[int, float], None]] = None) -> Tuple[Any, Dict[str, Any]]:
+    """Train the one-pass explainer on normal images (N, H, W, C) in 0..1; returns (model, summary)."""
+    import keras
+
+    cfg = cfg or OnePassConfig()
+    if len(x_normal) == 0:
+        raise ExplainError("no normal images to train the explainer on")
+    keras.utils.set_random_seed(cfg.seed)
+    model = unet(tuple(x_normal.shape[1:]), cfg.width, cfg.depth, 1, "sigmoid")
+    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=_dice_bce)
+    gen = AnomalyGenerator(cfg.kinds, foreign)
+    t0 = time.perf_counter()
+    losses: List[float] = []
+    for e in range(cfg.epochs):
+        xs, ys = training_batch(x_normal, cfg.per_epoch, gen, cfg.anomaly_fraction, cfg.seed * 100_003 + e)
+        h = model.fit(xs, ys, batch_size=cfg.batch_size, epochs=1, shuffle=True, verbose=verbose)
+        losses.append(float(h.history["loss"][-1]))
+        if progress:
+            progress(e + 1, losses[-1])
+    return model, {"config": {**asdict(cfg), "kinds": list(cfg.kinds)}, "loss": losses,
+                   "train_seconds": time.perf_counter() - t0, "n_normal": int(len(x_normal))}
+
+
+def export_one_pass(model: Any, representative: np.ndarray, out: Union[str, Path]) -> Path:
+    """Full-int8 (float in/out) batch-1 TFLite of the explainer at ``out``; raises if float ops remain."""
+    from .export import convert, fixed_batch_model, float_ops, op_table
+
+    cfg = model.get_config()
+    fixed = fixed_batch_model(model, lambda: unet(tuple(model.input_shape[1:]), *_unet_params(cfg), batch_size=1))
+    blob, _ = convert(fixed, "int8", np.asarray(representative, np.float32))
+    out = Path(out)
+    out.write_bytes(blob)
+    left = float_ops(op_table(out))
+    if left:
+        raise ExplainError(f"explainer keeps float ops after int8 conversion: {', '.join(left)}")
+    return out
+
+
+def _unet_params(cfg: Dict[str, Any]) -> Tuple[int, int, int, str]:
+    """(width, depth, out_channels, activation) read back from a built U-Net's config."""
+    names = [lyr["name"] for lyr in cfg["layers"]]
+    depth = sum(1 for n in names if n.startswith("pool"))
+    conf = {lyr["name"]: lyr["config"] for lyr in cfg["layers"]}
+    return int(conf["down0a"]["filters"]), depth, int(conf["out"]["filters"]), str(conf["out"]["activation"])
+
+
+def save_explainer(out_dir: Union[str, Path], model: Any, pre: Preprocess, summary: Dict[str, Any],
+                   representative: np.ndarray) -> Path:
+    """Write explainer.keras, explainer_int8.tflite and explainer.json into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save(out_dir / EXPLAINER_KERAS)
+    export_one_pass(model, representative, out_dir / EXPLAINER_TFLITE)
+    doc = {"kind": "one-pass-explainer", "preprocess": pre.to_dict(), **summary,
+           "tflite_bytes": (out_dir / EXPLAINER_TFLITE).stat().st_size}
+    (out_dir / EXPLAINER_JSON).write_text(json.dumps(doc, indent=2) + "\n")
+    return out_dir
+
+
+class OnePass:
+    """A saved one-pass explainer, run through the device's LiteRT runtime (the int8 .tflite)."""
+
+    def __init__(self, path: Union[str, Path], use_tflite: bool = True) -> None:
+        path = Path(path)
+        meta = path / EXPLAINER_JSON
+        if not meta.is_file():
+            raise ExplainError(f"{path}: no {EXPLAINER_JSON}; train a one-pass explainer with "
+                               "'edge-train fit-explainer DATA --out DIR'")
+        self.meta = json.loads(meta.read_text())
+        self.preprocess = Preprocess.from_dict(self.meta["preprocess"])
+        if use_tflite:
+            from edge_detect.runtime import TFLiteModel
+
+            self._tfl = TFLiteModel(path / EXPLAINER_TFLITE, num_threads=1)
+            self._run = lambda x: self._tfl.run_batch(x)
+        else:
+            import keras
+
+            m = keras.models.load_model(path / EXPLAINER_KERAS, compile=False)
+            self._run = lambda x: np.asarray(m.predict(x, verbose=0, batch_size=32))
+
+    def explain(self, x: np.ndarray) -> np.ndarray:
+        """Anomaly probability maps (N, H, W) for preprocessed images (N, H, W, C)."""
+        return self._run(np.asarray(x, np.float32))[..., 0]
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+
+def explanation_png(x: np.ndarray, heat: np.ndarray, threshold: float, out: Path, pre: Preprocess) -> None:
+    """input | heatmap overlay with region boxes, side by side, as PNG (model px)."""
+    from PIL import Image
+
+    from edge_detect.heatmap import draw_boxes as boxes
+    from edge_detect.heatmap import overlay, regions, to_uint8_image
+
+    img = to_uint8_image(x, pre.scale, pre.offset)
+    ov = boxes(overlay(img, heat, threshold), regions(heat, threshold))
+    Image.fromarray(np.concatenate([img, np.full((img.shape[0], 2, 3), 255, np.uint8), ov], axis=1)).save(out)
+
+
+def explain_paths(target: Union[str, Path], images: Sequence[Union[str, Path]], out_dir: Union[str, Path],
+                  method: str = "one-pass", per_image: Optional[PerImageConfig] = None,
+                  echo: Callable[[str], None] = print) -> List[Dict[str, Any]]:
+    """Explain image files with an explainer dir (one-pass) or a metric run (per-image); write PNGs.
+
+    Returns one row per image: file, png, peak, seconds. Unreadable images raise ExplainError.
+    """
+    from edge_detect.preprocess import ImageError
+
+    if method not in METHODS:
+        raise ExplainError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    target = Path(target)
+    if not target.is_dir():
+        raise ExplainError(f"{target}: no such run or explainer directory")
+    if method == "one-pass":
+        one = OnePass(target)
+        pre, threshold = one.preprocess, 0.5  # the explainer outputs a probability: 0.5 decides
+    else:
+        f, center, pre = load_metric_embedder(target)
+        ano = AnoUnet(f, center, per_image)
+        threshold = 0.0
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: List[Dict[str, Any]] = []
+    for p in images:
+        try:
+            x = pre(p)
+        except ImageError as e:
+            raise ExplainError(f"{p}: {e}") from None
+        t0 = time.perf_counter()
+        if method == "one-pass":
+            heat = one.explain(x[None])[0]
+        else:
+            heat, _, _ = ano.explain(x)
+            # |x - G(x)| has no calibrated scale: show it relative to its own 99th percentile.
+            threshold = float(np.quantile(heat, 0.99)) or 1e-6
+        dt = time.perf_counter() - t0
+        png = out_dir / f"{Path(p).stem}_{method}.png"
+        explanation_png(x, heat, threshold, png, pre)
+        rows.append({"file": str(p), "png": str(png), "peak": float(heat.max()), "seconds": round(dt, 3)})
+        echo(f"{Path(p).name}: peak {heat.max():.3f}, {dt:.2f} s -> {png}")
+    return rows
+
+
+def _click_commands() -> List[Any]:
+    """``explain`` and ``fit-explainer`` for the ``edge-train`` group (thin wrappers)."""
+    import click
+
+    @click.command("explain")
+    @click.argument("target", metavar="BUNDLE_OR_RUN")
+    @click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+    @click.option("--out", "out_dir", default="explanations", show_default=True, help="Folder for the PNGs.")
+    @click.option("--method", type=click.Choice(METHODS), default="one-pass", show_default=True,
+                  help="one-pass: an explainer dir (fit-explainer); per-image: Ano-Unet against a metric run.")
+    @click.option("--epochs", type=int, default=PerImageConfig.epochs, show_default=True,
+                  help="per-image: optimisation steps per image.")
+    @click.option("--beta", type=float, default=PerImageConfig.beta, show_default=True,
+                  help="per-image: weight of the embedding term.")
+    def explain_cmd(target: str, images: Tuple[str, ...], out_dir: str, method: str, epochs: int,
+                    beta: float) -> None:
+        """Heatmaps of where IMAGE... is anomalous, as PNGs in --out."""
+        if epochs < 1 or beta < 0:
+            raise click.UsageError("--epochs must be >= 1 and --beta >= 0")
+        missing = [p for p in images if not Path(p).is_file()]
+        if missing:
+            raise click.UsageError(f"no such image: {missing[0]}")
+        try:
+            explain_paths(target, images, out_dir, method, PerImageConfig(beta=beta, epochs=epochs), click.echo)
+        except ExplainError as e:
+            raise click.UsageError(str(e)) from None
+
+    @click.command("fit-explainer")
+    @click.argument("data", type=click.Path(file_okay=False))
+    @click.option("--out", "out_dir", required=True, help="Explainer directory to write.")
+    @click.option("--input-size", type=int, default=64, show_default=True, help="Square input, px.")
+    @click.option("--color", type=click.Choice(["gray", "rgb"]), default="gray", show_default=True)
+    @click.option("--epochs", type=int, default=OnePassConfig.epochs, show_default=True)
+    @click.option("--per-epoch", type=int, default=OnePassConfig.per_epoch, show_default=True,
+                  help="Images per epoch (half synthetic anomalies, made fresh).")
+    @click.option("--foreign", type=click.Path(file_okay=False), default=None,
+                  help="Any folder of pictures for the foreign-object anomalies.")
+    @click.option("--limit", type=int, default=2000, show_default=True, help="At most this many normal images.")
+    @click.option("--seed", type=int, default=0, show_default=True)
+    def fit_cmd(data: str, out_dir: str, input_size: int, color: str, epochs: int, per_epoch: int,
+                foreign: Optional[str], limit: int, seed: int) -> None:
+        """Train the one-pass explainer on a folder of normal images (+ synthetic anomalies)."""
+        from .synthetic import load_foreign
+
+        if input_size < 8 or input_size % 4 or epochs < 1 or per_epoch < 1:
+            raise click.UsageError("--input-size must be a multiple of 4 (>= 8); --epochs, --per-epoch >= 1")
+        pre = Preprocess(size=(input_size, input_size), color=color)
+        try:
+            x = load_folder(data, pre, limit, seed)
+            pool = load_foreign(foreign, seed=seed) if foreign else None
+        except (ExplainError, FileNotFoundError) as e:
+            raise click.UsageError(str(e)) from None
+        cfg = OnePassConfig(epochs=epochs, per_epoch=per_epoch, seed=seed)
+        model, summary = fit_one_pass(x, cfg, pool, progress=lambda e, loss: click.echo(f"epoch {e}/{epochs} "
+                                                                                         f"loss {loss:.4f}"))
+        summary["data"] = str(data)
+        save_explainer(out_dir, model, pre, summary, x[:200])
+        click.echo(f"explainer: {out_dir} ({len(x)} normal images, {summary['train_seconds']:.0f} s)")
+
+    return [explain_cmd, fit_cmd]
+
+
+def load_folder(folder: Union[str, Path], pre: Preprocess, limit: int = 2000, seed: int = 0) -> np.ndarray:
+    """Preprocessed images (N, H, W, C) of a folder (recursive); unreadable files skipped with a warning."""
+    from edge_detect.preprocess import ImageError
+
+    from .synthetic import IMAGE_SUFFIXES
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ExplainError(f"{folder}: no such folder")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = [files[i] for i in np.sort(np.random.default_rng(seed).permutation(len(files))[:limit])]
+    xs = []
+    for p in files:
+        try:
+            xs.append(pre(p))
+        except ImageError as e:
+            print(f"warning: skipped {p}: {e}", file=sys.stderr)
+    if not xs:
+        raise ExplainError(f"{folder}: no readable images")
+    return np.stack(xs)

@@ -1,0 +1,265 @@
+"""Metric-learning family: train an L2-constrained softmax embedder, then score by kNN / LOF.
+
+Two setups:
+
+* multi-class: every known class is normal (MNIST's ten digits); the softmax learns them all.
+* outlier exposure: one normal class plus auxiliary "other" images (``--aux DIR``); the softmax
+  learns normal-vs-other, which spreads unrelated images away from the normal cluster.
+
+Either way the reference set is the embeddings of the normal training images; anomalies are
+what LOF (or the kNN distance) rejects in that space. The device side lives in
+``edge_detect.neighbors``; this module only trains, builds the reference set, and hands export
+what it must write into the bundle (``export_parts``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from edge_detect.neighbors import contamination_threshold, fit_scorer
+
+from .metric_models import BACKBONES, build_model, embedder_of
+
+FAMILY = "metric"
+REFERENCE_FILE = "reference.npz"  # in the run dir: normal embeddings (+ labels) for export
+
+
+@dataclass
+class MetricConfig:
+    """Hyper-parameters of one metric run (all recorded in run.json).
+
+    alpha: scale of the L2-normalised feature (Ranjan et al.: >= log(p (C-2) / (1-p))).
+    contamination: fraction of normal references LOF/kNN may reject; sets the threshold.
+    reference_size: reduce the reference set to this many rows (None: keep all).
+    max_reference: cap on normal training images embedded for the reference (memory).
+    """
+
+    backbone: str = "cnn"
+    embed_dim: int = 64
+    alpha: float = 16.0
+    width: int = 32
+    head: str = "gap"
+    weights: Optional[str] = None
+    l2: str = "host"
+    scorer: str = "lof"
+    k: int = 5
+    n_neighbors: int = 20
+    contamination: float = 0.01
+    reference_size: Optional[int] = None
+    reduce: str = "kmeans"
+    max_reference: int = 20000
+    epochs: int = 5
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    seed: int = 0
+    class_names: List[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"--backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.scorer not in ("lof", "knn"):
+            raise ValueError(f"--scorer must be lof or knn, got {self.scorer!r}")
+        if not 0.0 < self.contamination <= 0.5:
+            raise ValueError(f"--contamination must be in (0, 0.5], got {self.contamination}")
+        if self.alpha <= 0 or self.embed_dim < 2:
+            raise ValueError(f"--alpha must be > 0 and --embed-dim >= 2, got {self.alpha}, {self.embed_dim}")
+
+    def model_params(self) -> Dict[str, Any]:
+        return {"backbone": self.backbone, "embed_dim": self.embed_dim, "alpha": self.alpha, "width": self.width,
+                "head": self.head, "l2": self.l2, "n_classes": max(2, len(self.class_names))}
+
+
+def training_labels(
+    x_normal: np.ndarray, y_normal: Optional[np.ndarray], x_aux: Optional[np.ndarray]
+) -> Tuple[np.ndarray, np.ndarray, int, bool]:
+    """(images, class labels, number of classes, multi_class?) for the classifier.
+
+    With labels: the normal classes themselves (aux, if any, becomes one extra class).
+    Without: class 0 = normal, class 1 = aux; aux images are required then.
+    """
+    if y_normal is not None and len(np.unique(y_normal)) > 1:
+        y = np.asarray(y_normal, np.int64)
+        n = int(y.max()) + 1
+        if x_aux is not None and len(x_aux):
+            return np.concatenate([x_normal, x_aux]), np.concatenate([y, np.full(len(x_aux), n)]), n + 1, True
+        return x_normal, y, n, True
+    if x_aux is None or len(x_aux) == 0:
+        raise ValueError("a single normal class needs auxiliary 'other' images (--aux DIR) to learn an embedding")
+    y = np.concatenate([np.zeros(len(x_normal), np.int64), np.ones(len(x_aux), np.int64)])
+    return np.concatenate([x_normal, x_aux]), y, 2, False
+
+
+def train_embedder(
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    cfg: MetricConfig,
+    x_val: Optional[np.ndarray] = None,
+    y_val: Optional[np.ndarray] = None,
+    callbacks: Optional[List[Any]] = None,
+    verbose: int = 1,
+) -> Tuple[Any, Dict[str, List[float]]]:
+    """Train the L2-softmax classifier; returns (classifier, history). Classes are balanced by weight."""
+    import keras
+
+    keras.utils.set_random_seed(cfg.seed)
+    model = build_model(tuple(x.shape[1:]), n_classes, cfg.backbone, cfg.embed_dim, cfg.alpha, cfg.width,
+                        cfg.weights, l2=cfg.l2, head=cfg.head)
+    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    # Outlier exposure usually has far fewer (or more) aux images than normals: weight classes equally.
+    weights = {c: float(len(y) / (n_classes * max(1.0, counts[c]))) for c in range(n_classes)}
+    val = (x_val, y_val) if x_val is not None and y_val is not None and len(x_val) else None
+    hist = model.fit(x, y, batch_size=cfg.batch_size, epochs=cfg.epochs, validation_data=val, shuffle=True,
+                     class_weight=weights, callbacks=callbacks or [], verbose=verbose)
+    return model, {k: [float(v) for v in vs] for k, vs in hist.history.items()}
+
+
+def embed(classifier: Any, x: np.ndarray, l2: str = "host", batch_size: int = 256) -> np.ndarray:
+    """Float (Keras) embeddings of preprocessed images (N, H, W, C): (N, D) float32."""
+    return np.asarray(embedder_of(classifier, l2).predict(x, batch_size=batch_size, verbose=0), np.float32)
+
+
+def build_scorer(emb: np.ndarray, labels: Optional[np.ndarray], cfg: MetricConfig) -> Tuple[Any, np.ndarray]:
+    """The device scorer over normal embeddings, and its leave-one-out reference scores."""
+    return fit_scorer(cfg.scorer, emb, labels if cfg.class_names else None, k=cfg.k, n_neighbors=cfg.n_neighbors,
+                      normalize=cfg.l2 == "host", scale=cfg.alpha, reference_size=cfg.reference_size,
+                      reduce=cfg.reduce, class_names=cfg.class_names or None, seed=cfg.seed)
+
+
+def calibration_from_reference(ref_scores: np.ndarray, contamination: float,
+                               val_scores: Optional[np.ndarray] = None) -> Dict[str, Any]:
+    """Contamination threshold (scikit-learn's -offset_) and the normal-score statistics.
+
+    The statistics come from validation scores when given (held-out normals), else the references.
+    """
+    s = np.asarray(val_scores if val_scores is not None and len(val_scores) else ref_scores, np.float64)
+    return {"method": "contamination", "contamination": contamination,
+            "threshold": contamination_threshold(ref_scores, contamination),
+            "normal_stats": {"n": int(len(s)), "mean": float(s.mean()), "std": float(s.std()),
+                             "median": float(np.median(s)), "min": float(s.min()), "max": float(s.max())}}
+
+
+def save_reference(run_dir: Path, emb: np.ndarray, labels: Optional[np.ndarray]) -> None:
+    """Normal training embeddings (float Keras) for export to rebuild the scorer from."""
+    arrays = {"embeddings": emb.astype(np.float32)}
+    if labels is not None:
+        arrays["labels"] = np.asarray(labels, np.int32)
+    np.savez_compressed(run_dir / REFERENCE_FILE, **arrays)
+
+
+def load_reference(run_dir: Path) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    with np.load(Path(run_dir) / REFERENCE_FILE) as z:
+        return z["embeddings"], (z["labels"] if "labels" in z.files else None)
+
+
+def rebuild_embedder(cfg: MetricConfig, input_shape: Tuple[int, int, int], classifier: Any) -> Callable[[], Any]:
+    """``rebuild`` for export: the batch-1 embedder (weights set by export from ``embedder_of``)."""
+    n_classes = int(classifier.output_shape[-1])
+
+    def rebuild() -> Any:
+        return build_model(input_shape, n_classes, cfg.backbone, cfg.embed_dim, cfg.alpha, cfg.width, None,
+                           batch_size=1, l2=cfg.l2, embedder_only=True, head=cfg.head)
+
+    return rebuild
+
+
+def export_parts(run_dir: Path, classifier: Any, cfg: MetricConfig,
+                 input_shape: Tuple[int, int, int]) -> Dict[str, Any]:
+    """What export needs beyond an autoencoder's: model, rebuild, scoring dict, arrays, calibrate,
+    and a starting calibration (the contamination threshold over the float references).
+
+    ``calibrate`` maps a variant's validation scores to its calibration; for the contamination
+    mode the threshold is the quantile (1 - contamination) of those held-out normal scores, so
+    every variant (float32, int8) gets a threshold in its own score units.
+    """
+    emb, labels = load_reference(run_dir)
+    scorer, ref_scores = build_scorer(emb, labels, cfg)
+
+    def calibrate(val_scores: np.ndarray) -> Dict[str, Any]:
+        v = np.asarray(val_scores, np.float64)
+        cal = calibration_from_reference(v, cfg.contamination, v)
+        cal["method"] = "contamination-validation"
+        return cal
+
+    return {"model": embedder_of(classifier, cfg.l2), "rebuild": rebuild_embedder(cfg, input_shape, classifier),
+            "scoring": scorer.to_dict(), "arrays": scorer.arrays(), "calibrate": calibrate,
+            "calibration": calibration_from_reference(ref_scores, cfg.contamination),
+            "family": FAMILY, "model_params": cfg.model_params()}
+
+
+def fit_metric(
+    run_dir: Path,
+    cfg: MetricConfig,
+    x_train: np.ndarray,
+    y_train: Optional[np.ndarray],
+    x_val: np.ndarray,
+    y_val: Optional[np.ndarray] = None,
+    x_aux: Optional[np.ndarray] = None,
+    callbacks: Optional[List[Any]] = None,
+    verbose: int = 1,
+) -> Dict[str, Any]:
+    """Train, build the reference set, calibrate on held-out normals; write model.keras, reference.npz, run.json.
+
+    x_train / x_val: normal images (N, H, W, C) in 0..1; y_*: their class (multi-class setup) or None.
+    x_aux: auxiliary "other" images for outlier exposure (never used as references).
+    Returns ``{"model", "scorer", "val_scores", "calibration", "history"}``.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    x, y, n_classes, multi = training_labels(x_train, y_train, x_aux)
+    if multi and not cfg.class_names:
+        cfg.class_names = [str(c) for c in range(int(np.max(y_train)) + 1)]
+    if not multi:
+        cfg.class_names = []
+    yv = None
+    if len(x_val):
+        yv = np.asarray(y_val, np.int64) if multi and y_val is not None else np.zeros(len(x_val), np.int64)
+    t0 = time.time()
+    model, history = train_embedder(x, y, n_classes, cfg, x_val if len(x_val) else None, yv, callbacks, verbose)
+    train_s = time.time() - t0
+    model.save(run_dir / "model.keras")
+    rng = np.random.default_rng(cfg.seed)
+    keep = np.sort(rng.permutation(len(x_train))[: cfg.max_reference])
+    ref_labels = np.asarray(y_train)[keep] if multi else None
+    save_reference(run_dir, embed(model, x_train[keep], cfg.l2), ref_labels)
+    scorer, ref_scores = build_scorer(*load_reference(run_dir), cfg)
+    val_scores = scorer(None, embed(model, x_val, cfg.l2))[0] if len(x_val) else np.empty(0)
+    cal = calibration_from_reference(ref_scores, cfg.contamination, val_scores)
+    write_run_config(run_dir, cfg, {"model_params": cfg.model_params(), "scoring": scorer.to_dict(),
+                                    "calibration": cal, "history": history, "train_seconds": train_s,
+                                    "input_shape": list(x_train.shape[1:]), "n_classes": n_classes,
+                                    "outlier_exposure": x_aux is not None and len(x_aux) > 0})
+    return {"model": model, "scorer": scorer, "val_scores": val_scores, "calibration": cal, "history": history}
+
+
+def load_run(run_dir: Path) -> Tuple[Any, MetricConfig, Tuple[int, int, int]]:
+    """(classifier, config, input shape) of a metric run directory."""
+    import keras
+
+    _l2_registered()
+    run = json.loads((Path(run_dir) / "run.json").read_text())
+    cfg = MetricConfig(**run["metric"])
+    return keras.models.load_model(Path(run_dir) / "model.keras"), cfg, tuple(run["input_shape"])
+
+
+def _l2_registered() -> None:
+    """Loading a model.keras needs the custom L2 layer class registered first."""
+    from . import metric_models
+
+    metric_models._l2_layer("probe")
+
+
+def write_run_config(run_dir: Path, cfg: MetricConfig, extra: Dict[str, Any]) -> None:
+    """The metric block of run.json (merged into whatever the training CLI writes)."""
+    path = Path(run_dir) / "run.json"
+    run = json.loads(path.read_text()) if path.exists() else {}
+    run.update({"family": FAMILY, "metric": asdict(cfg), **extra, "written": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    path.write_text(json.dumps(run, indent=2) + "\n")
