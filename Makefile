@@ -29,8 +29,8 @@ mosquitto:
 	  else echo "mosquitto is missing: run 'sudo apt-get install mosquitto'" >&2; exit 2; fi; }
 
 test: $(VENV)/.test mosquitto
-	$(BIN)/ruff check edge_detect training tests bench
+	$(BIN)/ruff check edge_detect edge_deploy training tests bench
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
 lint: $(VENV)/.test
-	$(BIN)/ruff check edge_detect training tests bench
+	$(BIN)/ruff check edge_detect edge_deploy training tests bench

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+import common
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -50,6 +52,8 @@ def main() -> None:
     print(f"cold start to verdict, {a.runs} runs: min {min(times):.3f} s  median {statistics.median(times):.3f} s  "
           f"max {max(times):.3f} s")
     print(f"python + import edge_detect.cli/detector: median {statistics.median(imp):.3f} s")
+    print(common.machine_line())
+    print(common.write_result("cold_start", {"cli": cmd, "output": out, "runs_s": times, "import_s": imp}))
 
 
 if __name__ == "__main__":

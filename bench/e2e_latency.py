@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import common
 import numpy as np
@@ -141,6 +141,27 @@ def daemon_cmd(config: Path) -> List[str]:
     return [*base, "run", "--config", str(config)]
 
 
+def _wait_event(sub: Subscriber, captured_ms: int, timeout: float) -> Optional[Tuple[float, dict, int]]:
+    """The event whose ``captured_at_ms`` is ``captured_ms`` (+-1 ms rounding): (receipt time, event, others seen).
+
+    Events for other captures (there should be none) are counted, not matched, so a stray or
+    duplicate event can never pair with the wrong file.
+    """
+    deadline = time.monotonic() + timeout
+    skipped = 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        try:
+            t_recv, ev = sub.events.get(timeout=left)
+        except queue.Empty:
+            return None
+        if abs(int(ev.get("captured_at_ms", -10)) - captured_ms) <= 1:
+            return t_recv, ev, skipped
+        skipped += 1
+
+
 def run_profile(name: str, watch: Dict[str, float], bundle: Path, images: int, gap: float, threads: int,
                 frame: bytes, timeout: float) -> Dict[str, Any]:
     """Start broker + daemon, drop ``images`` files one by one; per-file latency (ms) and the daemon's breakdown."""
@@ -149,7 +170,7 @@ def run_profile(name: str, watch: Dict[str, float], bundle: Path, images: int, g
     inbox.mkdir()
     samples: List[float] = []
     stages: Dict[str, List[float]] = {}
-    missed = 0
+    missed = others = 0
     daemon: Optional[subprocess.Popen] = None
     sub: Optional[Subscriber] = None
     try:
@@ -165,15 +186,18 @@ def run_profile(name: str, watch: Dict[str, float], bundle: Path, images: int, g
             for i in range(images + 1):
                 part = inbox / f"frame{i:05d}.jpg.part"
                 part.write_bytes(frame)
+                # The daemon's capture time of a dropped file is its mtime: that pairs an event with its file.
+                want_ms = round(part.stat().st_mtime_ns / 1e6)
                 t_land = time.time()
                 os.replace(part, inbox / f"frame{i:05d}.jpg")
-                try:
-                    t_recv, ev = sub.events.get(timeout=timeout)
-                except queue.Empty:
+                got = _wait_event(sub, want_ms, timeout)
+                if got is None:
                     missed += 1
                     if daemon.poll() is not None:
                         raise RuntimeError(f"daemon exited:\n{(tmp / 'daemon.log').read_text()[-3000:]}") from None
                     continue
+                t_recv, ev, skipped = got
+                others += skipped
                 if i == 0:
                     continue
                 samples.append((t_recv - t_land) * 1e3)
@@ -193,8 +217,8 @@ def run_profile(name: str, watch: Dict[str, float], bundle: Path, images: int, g
     st = common.latency_summary(samples)
     return {
         "row": {"profile": name, "settle_s": watch["settle"], "poll_s": watch["poll_interval"],
-                "n": st["n"], "missed": missed, "p50_ms": st.get("p50"), "p99_ms": st.get("p99"),
-                "max_ms": st.get("max"), **_split(st.get("p50"), stages)},
+                "n": st["n"], "missed": missed, "other_events": others, "p50_ms": st.get("p50"),
+                "p99_ms": st.get("p99"), "max_ms": st.get("max"), **_split(st.get("p50"), stages)},
         "stages_median_ms": {k: round(float(np.median(v)), 3) for k, v in stages.items()},
         "samples_ms": samples,
     }
@@ -225,7 +249,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="interpreter threads in the daemon")
     ap.add_argument("--timeout", type=float, default=10.0, help="s to wait for each event before counting a miss")
     ap.add_argument("--image", type=Path, help="JPEG to drop (default: a generated 300x300 one)")
-    ap.add_argument("--plot", type=Path, default=common.REPO_ROOT / "docs" / "img" / "e2e_latency_cdf.png",
+    ap.add_argument("--plot", default=str(common.REPO_ROOT / "docs" / "img" / "e2e_latency_cdf.png"),
                     help="CDF plot PNG ('' for none)")
     ap.add_argument("--out", type=Path, help="results directory (default bench/results)")
     a = ap.parse_args(argv)
@@ -259,7 +283,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     common.print_table(rows, title="file landed -> event received (ms)", digits=2)
     for p, r in results.items():
         print(f"  {p}: daemon stages (median ms) {r['stages_median_ms']}")
-    if a.plot and str(a.plot):
+    if a.plot:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -276,7 +300,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ax.legend(fontsize=8)
         ax.set_title(f"daemon end-to-end latency, {b.name}", fontsize=9)
         fig.tight_layout()
-        a.plot.parent.mkdir(parents=True, exist_ok=True)
+        Path(a.plot).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(a.plot, dpi=110)
         plt.close(fig)
         print(f"plot: {a.plot}")

@@ -22,6 +22,7 @@ import os
 import time
 from pathlib import Path
 
+import common
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -138,6 +139,7 @@ def main() -> None:
         "seconds": {"data": round(t_data, 1), "fit": round(t_fit, 1), "export": round(t_export, 1)},
     }
     print(json.dumps(summary, indent=2))
+    print(common.write_result(f"export_parity_{a.dataset}", summary))
 
 
 if __name__ == "__main__":

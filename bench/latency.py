@@ -115,17 +115,18 @@ def build_untrained(out_dir: Path, sizes: Sequence[int], variants: Sequence[str]
     return paths
 
 
-def _hourglass(size: int, channels: int) -> Any:
+def _hourglass(size: int, channels: int, batch_size: Optional[int] = 1) -> Any:
+    """The plain autoencoder: the project's ``build_model`` when it exists, else the same shape here."""
     try:
         from training.models import build_model  # type: ignore[import-not-found]
 
-        return build_model("plain", (size, size, channels), batch_size=1)
+        return build_model("plain", (size, size, channels), batch_size=batch_size)
     except (ImportError, TypeError):
         pass
     import keras
     from keras import layers
 
-    inp = keras.Input((size, size, channels), batch_size=1)
+    inp = keras.Input((size, size, channels), batch_size=batch_size)
     x = inp
     for f in (16, 32, 64):
         x = layers.Conv2D(f, 3, padding="same", use_bias=False)(x)
@@ -223,7 +224,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--warmup", type=int, default=20, help="untimed calls per configuration first")
     ap.add_argument("--build", type=Path, help="convert untrained autoencoders into DIR and time those")
     ap.add_argument("--sizes", default="64,128", help="input sizes (px) for --build")
-    ap.add_argument("--plot", type=Path, default=common.REPO_ROOT / "docs" / "img" / "latency_cdf.png",
+    ap.add_argument("--plot", default=str(common.REPO_ROOT / "docs" / "img" / "latency_cdf.png"),
                     help="CDF plot PNG ('' for none)")
     ap.add_argument("--out", type=Path, help="results directory (default bench/results)")
     a = ap.parse_args(argv)
@@ -255,8 +256,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     info["load_avg_after"] = common.load_average()
     rows = rows_of(targets)
     common.print_table(rows, title="invoke latency (TFLiteModel.__call__, batch 1)")
-    if a.plot and str(a.plot):
-        plot_cdf(targets, a.plot, f"LiteRT invoke latency, {info['cpu']}, {info['cores']} cores, "
+    if a.plot:
+        plot_cdf(targets, Path(a.plot), f"LiteRT invoke latency, {info['cpu']}, {info['cores']} cores, "
                                   f"load {info['load_avg'][0] if info['load_avg'] else '?'}")
         print(f"plot: {a.plot}")
     out = common.write_result("latency", {

@@ -181,9 +181,135 @@ def subscribe(
     try:
         n = sub.run(count=count, timeout=timeout)
     except KeyboardInterrupt:
-        n = len(sub.seen)
+        n = sub.delivered
     finally:
         sub.close()
     if count is not None and n < count:
         click.echo(f"error: {n} of {count} events arrived before the timeout", err=True)
         sys.exit(1)
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="The daemon's TOML config (docs/CONFIG.md).")
+def run(config_path: str) -> None:
+    """Run the device daemon: cameras -> model -> decision -> MQTT events, until SIGTERM."""
+    from .config import load_config
+    from .daemon import run as run_daemon
+    from .logs import setup_logging
+    from .validate import ConfigError
+
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as e:
+        click.echo(f"error: invalid config\n{e}", err=True)
+        sys.exit(2)
+    setup_logging(cfg.device.log_format, cfg.device.log_level)
+    sys.exit(run_daemon(cfg))
+
+
+@main.command("check-config")
+@click.argument("config_path", metavar="FILE", type=click.Path(dir_okay=False))
+def check_config(config_path: str) -> None:
+    """Validate a daemon config FILE (the same checks as ``run``); print a summary or every error."""
+    from .config import load_config
+    from .validate import ConfigError
+
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as e:
+        click.echo(f"error: invalid config ({len(e.errors)} problem{'s' if len(e.errors) != 1 else ''})\n{e}",
+                   err=True)
+        sys.exit(2)
+    click.echo(cfg.summary())
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="The daemon's TOML config: its [mqtt] settings and device id are used.")
+@click.option("--timeout", type=click.FloatRange(0.1), default=10.0, show_default=True, help="Seconds to wait.")
+def health(config_path: str, timeout: float) -> None:
+    """Ask the running daemon for a fresh stats report over its broker; print one JSON line.
+
+    The line has online, model (name, version, sha256, variant) and reloads (ok, failed,
+    last_error). Exit 0 when the daemon answered, 1 when it did not within --timeout.
+    """
+    from .config import load_config
+    from .health import query_health, summarize
+    from .validate import ConfigError
+
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as e:
+        raise UserError(f"invalid config\n{e}") from None
+    try:
+        h = summarize(query_health(cfg.mqtt, cfg.device.id, timeout=timeout))
+    except (ConnectionError, ValueError) as e:
+        raise UserError(str(e)) from None
+    click.echo(json.dumps(h, separators=(",", ":")))
+    sys.exit(0 if h["online"] else 1)
+
+
+@main.group()
+def bundle() -> None:
+    """Manage the device's versioned bundle store (bundles/<version>/ and the current link)."""
+
+
+_STORE = click.option("--store", default="/var/lib/edge-detect/bundles", show_default=True,
+                      type=click.Path(file_okay=False), help="The bundle store directory.")
+
+
+@bundle.command("install")
+@click.argument("source", type=click.Path(exists=True))
+@_STORE
+@click.option("--trusted-key", "trusted", multiple=True, type=click.Path(exists=True),
+              help="Require a signature from this public key (file or directory of *.pem); repeatable.")
+@click.option("--no-activate", is_flag=True, help="Install the version directory but leave current alone.")
+def bundle_install(source: str, store: str, trusted: Tuple[str, ...], no_activate: bool) -> None:
+    """Verify SOURCE (bundle directory or .tar.gz), install it as a new version, switch current to it.
+
+    Prints one JSON line: version, previous, model_sha256 per variant. Exit 2 if refused.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from .bundle import ARCHIVE_SUFFIXES, BundleError, unpack
+    from .signing import load_trusted_keys
+    from .update import BundleStore
+
+    keys = load_trusted_keys(trusted) if trusted else None
+    try:
+        with tempfile.TemporaryDirectory(prefix=".unpack-", dir=Path(store).parent if Path(store).parent.is_dir()
+                                         else None) as tmp:
+            src = Path(source)
+            if src.is_file() and src.name.endswith(ARCHIVE_SUFFIXES):
+                src = unpack(src, Path(tmp) / "bundle")
+            r = BundleStore(store).install(src, trusted=keys, activate=not no_activate)
+    except BundleError as e:
+        raise UserError(f"bundle refused: {e}") from None
+    click.echo(json.dumps(r.to_dict()))
+
+
+@bundle.command("activate")
+@click.argument("version")
+@_STORE
+def bundle_activate(version: str, store: str) -> None:
+    """Switch current to an installed VERSION (a rollback names the previous one). Prints JSON."""
+    from .bundle import BundleError
+    from .update import BundleStore
+
+    try:
+        prev = BundleStore(store).activate(version)
+    except BundleError as e:
+        raise UserError(str(e)) from None
+    click.echo(json.dumps({"current": version, "previous": prev}))
+
+
+@bundle.command("list")
+@_STORE
+def bundle_list(store: str) -> None:
+    """Print the store as JSON: current, previous and the installed versions."""
+    from .update import BundleStore
+
+    s = BundleStore(store)
+    click.echo(json.dumps({"current": s.current(), "previous": s.previous(), "versions": s.versions()}))

@@ -23,7 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python < 3.11
     import tomli as tomllib
 
-SECTIONS = ("device", "model", "mqtt", "outbox", "cameras", "stats", "health")
+SECTIONS = ("device", "model", "mqtt", "outbox", "cameras", "stats", "health", "update")
 # Names that end up in MQTT topics and Home Assistant ids: no wildcards, no slashes.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 LOG_FORMATS = ("json", "kv")
@@ -201,6 +201,39 @@ class CameraConfig:
 
 
 @dataclass(frozen=True)
+class UpdateConfig:
+    """Signed model updates over MQTT (edge_detect/update.py, docs/DEPLOY.md).
+
+    enabled: accept ``{"cmd": "update"}`` on the command topic. trusted_keys: Ed25519 public key
+    files (PEM), or directories of ``*.pem``; a bundle must be signed by one of them.
+    bundles_dir: the versioned bundle store; ``model.bundle`` must be ``<bundles_dir>/current``.
+    max_bytes: largest accepted archive (bytes). keep: installed versions kept (>= 2).
+    """
+
+    enabled: bool = False
+    trusted_keys: List[str] = field(default_factory=lambda: ["/etc/edge-detect/trusted-keys"])
+    bundles_dir: str = "/var/lib/edge-detect/bundles"
+    max_bytes: int = 16 * 1024 * 1024
+    keep: int = 3
+
+    def check(self) -> Dict[str, str]:
+        p = {}
+        if self.max_bytes < 1024:
+            p["max_bytes"] = f"must be >= 1024 bytes, got {self.max_bytes}"
+        if self.keep < 2:
+            p["keep"] = f"must be >= 2 (current and previous), got {self.keep}"
+        if self.enabled:
+            from .signing import load_trusted_keys
+
+            try:
+                if not load_trusted_keys(self.trusted_keys):
+                    p["trusted_keys"] = f"no *.pem public key found in {self.trusted_keys}"
+            except (OSError, ValueError) as e:
+                p["trusted_keys"] = str(e)
+        return p
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     device: DeviceConfig
@@ -210,6 +243,7 @@ class Config:
     cameras: Tuple[CameraConfig, ...]
     stats: StatsConfig
     health: HealthConfig
+    update: UpdateConfig = field(default_factory=UpdateConfig)
 
     def summary(self) -> str:
         """A short human-readable description (no secrets)."""
@@ -226,7 +260,8 @@ class Config:
             f"  stats    every {self.stats.interval:g} s",
         ]
         for c in self.cameras:
-            trig = "mqtt" if c.trigger.type == "mqtt" else f"every {_interval(c):g} s"
+            iv = _interval(c)
+            trig = "mqtt" if c.trigger.type == "mqtt" else (f"every {iv:g} s" if iv else "every frame")
             lines.append(
                 f"  camera   {c.name}: {c.source_type} ({_source_summary(c)}), trigger {trig}, "
                 f"debounce {c.debounce_n}/{c.debounce_m}, cooldown {c.cooldown:g} s"
@@ -330,7 +365,8 @@ def _camera(d: Any, where: str) -> CameraConfig:
 
 def parse_config(data: Dict[str, Any], path: str = "<config>") -> Config:
     """Validate a parsed TOML document; raises ConfigError listing every problem."""
-    errors: List[str] = [f"{k}: unknown section (known: {', '.join(SECTIONS)})" for k in sorted(set(data) - set(SECTIONS))]
+    known = ", ".join(SECTIONS)
+    errors: List[str] = [f"{k}: unknown section (known: {known})" for k in sorted(set(data) - set(SECTIONS))]
     for req in ("device", "model", "cameras"):
         if req not in data:
             errors.append(f"{req}: required section is missing")
@@ -340,6 +376,11 @@ def parse_config(data: Dict[str, Any], path: str = "<config>") -> Config:
     outbox = _section(errors, from_table, OutboxConfig, data.get("outbox", {}), "outbox")
     stats = _section(errors, from_table, StatsConfig, data.get("stats", {}), "stats")
     health = _section(errors, from_table, HealthConfig, data.get("health", {}), "health")
+    update = _section(errors, from_table, UpdateConfig, data.get("update", {}), "update")
+    if update is not None and update.enabled and model is not None and \
+            Path(model.bundle) != Path(update.bundles_dir) / "current":
+        errors.append(f"update.enabled: model.bundle must be {Path(update.bundles_dir) / 'current'} (the link an "
+                      f"update switches), got {model.bundle!r}")
     cams: List[CameraConfig] = []
     raw = data.get("cameras")
     if raw is not None:
@@ -355,7 +396,7 @@ def parse_config(data: Dict[str, Any], path: str = "<config>") -> Config:
                 errors.append(f"cameras: name {n!r} is used more than once")
     if errors:
         raise ConfigError(errors, path)
-    return Config(path, device, model, mqtt, outbox, tuple(cams), stats, health)
+    return Config(path, device, model, mqtt, outbox, tuple(cams), stats, health, update)
 
 
 def load_config(path: Union[str, Path]) -> Config:

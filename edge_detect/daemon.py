@@ -129,7 +129,8 @@ class CameraStats:
     errors: int = 0
     reconnects: int = 0
     stalls: int = 0
-    state: str = "starting"  # starting, ok, down, stalled
+    state: str = "starting"  # starting, ok (the source answers), down (it raises)
+    stalled: bool = False  # no frame for stall_timeout s
     last_error: Optional[str] = None
     last_frame: Optional[float] = None  # monotonic s
 
@@ -157,6 +158,7 @@ class CameraWorker:
         self.thread.start()
 
     def _set_state(self, state: str, why: Optional[str] = None) -> None:
+        """state: ok (the source answers) or down (it raises); logged once per change."""
         old = self.stats.state
         self.stats.state = state
         if why:
@@ -165,41 +167,51 @@ class CameraWorker:
             return
         if state == "down":
             log.warning("camera %s is down: %s", self.name, why, extra=_ev("camera_down", camera=self.name, error=why))
-        elif state == "stalled":
+        elif old == "down":
+            log.info("camera %s is back", self.name, extra=_ev("camera_recovered", camera=self.name))
+
+    def _set_stalled(self, stalled: bool) -> None:
+        """A camera that delivers no frame for stall_timeout s (down, or up but silent) is stalled."""
+        if stalled == self.stats.stalled:
+            return
+        self.stats.stalled = stalled
+        if stalled:
             self.stats.stalls += 1
             log.warning("camera %s delivered nothing for %g s", self.name, self.stall_timeout,
-                        extra=_ev("camera_stalled", camera=self.name, stall_timeout_s=self.stall_timeout))
-        elif state == "ok" and old in ("down", "stalled"):
-            log.info("camera %s is back", self.name, extra=_ev("camera_recovered", camera=self.name, was=old))
+                        extra=_ev("camera_stalled", camera=self.name, stall_timeout_s=self.stall_timeout,
+                                  state=self.stats.state, error=self.stats.last_error))
+        else:
+            log.info("camera %s delivers again", self.name, extra=_ev("camera_unstalled", camera=self.name))
+
+    def _failed(self, why: str) -> None:
+        """The source raised (on open or read): report, then wait with exponential backoff."""
+        self.stats.errors += 1
+        self._set_state("down", why)
+        self._check_stall()
+        self.stop.wait(self._delay)  # woken early by shutdown
+        self._delay = min(self._delay * 2, self.backoff_max)
 
     def _open(self) -> None:
-        delay = self.backoff_min
         while not self.stop.is_set():
             try:
                 with self.lock:
                     self.source.open()
-                if self.stats.state in ("starting", "down"):
-                    self._set_state("ok")
                 return
             except SourceError as e:
-                self.stats.errors += 1
-                self._set_state("down", str(e))
-                self._check_stall()
-            # Exponential backoff, woken early by shutdown.
-            self.stop.wait(delay)
-            self.stats.reconnects += 1
-            delay = min(delay * 2, self.backoff_max)
+                self._failed(str(e))
+                self.stats.reconnects += 1
 
     def _check_stall(self) -> None:
-        since = self.stats.last_frame if self.stats.last_frame is not None else self._started
         if self.interval is None and not self._waiting:
             return  # an mqtt-triggered camera is only late while a capture is asked for
-        if time.monotonic() - since > self.stall_timeout and self.stats.state != "stalled":
-            self._set_state("stalled", self.stats.last_error)
+        since = self.stats.last_frame if self.stats.last_frame is not None else self._started
+        if not self.stats.stalled and time.monotonic() - max(since, self._started) > self.stall_timeout:
+            self._set_stalled(True)
 
     def _run(self) -> None:
         self._started = time.monotonic()
         self._waiting = False
+        self._delay = self.backoff_min
         self._open()
         next_due = time.monotonic()
         while not self.stop.is_set():
@@ -217,28 +229,24 @@ class CameraWorker:
                 next_due = max(next_due + self.interval, time.monotonic())
             try:
                 frame = self.source.read(0.5)
-            except SourceError as e:
-                self.stats.errors += 1
+            except Exception as e:
+                if not isinstance(e, SourceError):  # a plugin bug must not end the camera thread for good
+                    log.exception("camera %s: source failed", self.name, extra=_ev("camera_error", camera=self.name))
                 with self.lock:
                     self.source.close()
-                self._set_state("down", str(e))
+                self._failed(str(e) if isinstance(e, SourceError) else f"{type(e).__name__}: {e}")
+                self.stats.reconnects += 1
                 self._open()
                 continue
-            except Exception as e:  # a plugin bug must not end the camera thread for good
-                self.stats.errors += 1
-                log.exception("camera %s: source failed", self.name, extra=_ev("camera_error", camera=self.name))
-                with self.lock:
-                    self.source.close()
-                self._set_state("down", f"{type(e).__name__}: {e}")
-                self._open()
-                continue
+            # The source answered (a frame, or a successful look with nothing new): it is up.
+            self._delay = self.backoff_min
+            self._set_state("ok")
             if frame is None:
                 self._check_stall()
                 continue
             self._waiting = False
             self.stats.last_frame = time.monotonic()
-            if self.stats.state != "ok":
-                self._set_state("ok")
+            self._set_stalled(False)
             dropped = self.inbox.put(self.name, frame, self.cfg.queue, self.block, self.stop)
             if dropped is frame:
                 break  # shutting down
@@ -407,6 +415,7 @@ class Daemon:
         self.first_event_s: Optional[float] = None
         self.outbox: Any = None
         self.publisher: Any = None
+        self.updater: Any = None  # edge_detect.update.Updater when [update] enabled
 
     # -- signals and commands (any thread) ------------------------------------------------------
 
@@ -442,8 +451,38 @@ class Daemon:
         elif name == "stats":
             self._stats_now = True
             self.publisher.report(cmd, True, "stats requested")
+        elif name == "update":
+            if self.updater is None:
+                self.publisher.report(cmd, False, "updates over MQTT are off on this device ([update] enabled)")
+            else:
+                self.updater.handle(cmd)  # verified, installed and reported by edge_detect.update
         else:
-            self.publisher.report(cmd, False, f"unknown command {name!r} (capture, reload, stats)")
+            self.publisher.report(cmd, False, f"unknown command {name!r} (capture, reload, stats, update)")
+
+    def _make_updater(self) -> Any:
+        """The signed-update handler when ``[update] enabled`` (edge_detect/update.py), else None."""
+        u = self.cfg.update
+        if not u.enabled:
+            return None
+        from dataclasses import replace as _replace
+
+        from .signing import load_trusted_keys
+        from .update import BundleStore, Updater
+
+        def trial_load(path: Path) -> None:
+            # The device's own runtime and accelerator settings: a bundle that would not load here
+            # is refused before `current` moves. AcceleratorRequired is a refusal too.
+            try:
+                m = load_model(_replace(self.cfg, model=_replace(self.cfg.model, bundle=str(path))))
+            except AcceleratorRequired as e:
+                raise BundleError(f"accelerator required but unavailable: {e}") from None
+            if m.extracted:
+                shutil.rmtree(m.extracted, ignore_errors=True)
+
+        return Updater(BundleStore(u.bundles_dir, u.keep), load_trusted_keys(u.trusted_keys),
+                       report=self.publisher.report,
+                       status=lambda body: self.publisher.publish_status_detail("update", body),
+                       check=trial_load, reload=lambda: self.request_reload("update"), max_bytes=u.max_bytes)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -467,6 +506,7 @@ class Daemon:
         self.outbox = Outbox(o.path, o.max_messages, o.max_bytes, o.policy, o.synchronous)
         self.publisher = Publisher(self.cfg.mqtt, self.device, self.outbox,
                                    cameras=[c.name for c in self.cfg.cameras], on_command=self.on_command)
+        self.updater = self._make_updater()
         self.publisher.start()
 
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
@@ -652,7 +692,7 @@ class Daemon:
         for name, w in self.workers.items():
             s = w.stats
             cams[name] = {
-                "state": s.state, "frames": s.frames, "events": s.events, "rejected": s.rejected,
+                "state": s.state, "stalled": s.stalled, "frames": s.frames, "events": s.events, "rejected": s.rejected,
                 "dropped": s.dropped, "errors": s.errors, "reconnects": s.reconnects, "stalls": s.stalls,
                 "last_frame_age_s": None if s.last_frame is None else round(now - s.last_frame, 1),
                 "last_error": s.last_error,
@@ -691,7 +731,7 @@ class Daemon:
     def _status_line(self, s: Optional[Dict[str, Any]] = None) -> str:
         if s is None:
             return f"{len(self.cfg.cameras)} camera(s), model {self.model.info['name']} {self.model.info['version']}"
-        down = [n for n, c in s["cameras"].items() if c["state"] != "ok"]
+        down = [n for n, c in s["cameras"].items() if c["state"] != "ok" or c["stalled"]]
         return (f"{s['fps']} fps, p95 {s['latency_ms']['p95']} ms, outbox {s['outbox_depth']}, "
                 f"{'cameras not ok: ' + ', '.join(down) if down else 'all cameras ok'}")
 

@@ -288,12 +288,12 @@ def colorize(pmap: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def to_uint8_image(x: np.ndarray, scale: float = 1.0 / 255.0, offset: float = 0.0) -> np.ndarray:
-    """A preprocessed model input (H, W, C) back to uint8 (H, W, 3) RGB for drawing on."""
+    """A preprocessed model input (H, W, C) back to uint8: (H, W) for gray, (H, W, 3) for RGB."""
     v = (np.asarray(x, dtype=np.float32) - np.float32(offset)) / np.float32(scale)
     v = np.clip(v + 0.5, 0, 255).astype(np.uint8)
-    if v.ndim == 2:
-        v = v[:, :, None]
-    return np.repeat(v, 3, axis=2) if v.shape[2] == 1 else v[:, :, :3]
+    if v.ndim == 3 and v.shape[2] == 1:
+        return v[:, :, 0]
+    return v if v.ndim == 2 else v[:, :, :3]
 
 
 @functools.lru_cache(maxsize=8)
@@ -303,20 +303,29 @@ def _weight_lut(alpha: float) -> np.ndarray:
     return np.round(256 * alpha * frac).astype(np.int16)
 
 
+@functools.lru_cache(maxsize=8)
+def _gray_blend_lut(alpha: float) -> np.ndarray:
+    """(256 gray, 256 colour index, 3) uint8: every blend a gray image can need, 192 KB, made once."""
+    g = np.arange(256, dtype=np.int32)[:, None, None]
+    wgt = _weight_lut(alpha).astype(np.int32)[None, :, None]
+    return (g + (((COLORMAP.astype(np.int32)[None] - g) * wgt + 128) >> 8)).astype(np.uint8)
+
+
 def overlay(image: np.ndarray, pmap: np.ndarray, threshold: float, alpha: float = 0.5) -> np.ndarray:
-    """Blend the colour heatmap over ``image`` (H, W, 3 uint8): uint8 (H, W, 3).
+    """Blend the colour heatmap over ``image`` (H, W) gray or (H, W, 3) uint8: uint8 (H, W, 3).
 
     The heatmap is resized (bilinear) to the image if their sizes differ. Pixels well under the
     threshold get less colour, so the part stays readable where nothing is wrong.
     """
     img = np.asarray(image)
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
     pm = np.asarray(pmap, dtype=np.float32)
     if pm.shape != img.shape[:2]:
         pm = np.asarray(Image.fromarray(pm, "F").resize((img.shape[1], img.shape[0]), Image.Resampling.BILINEAR))
     idx = _lut_index(pm, threshold)
-    # Fixed-point blend through lookup tables: several times cheaper than float math on a small CPU.
+    if img.ndim == 2 or img.shape[2] == 1:
+        # Gray input: one gather from a (gray, colour) table; no per-pixel arithmetic on the device.
+        return _gray_blend_lut(alpha)[img.reshape(idx.shape), idx]
+    # RGB: fixed-point blend, several times cheaper than float math on a small CPU.
     base = img.astype(np.int16)
     wgt = _weight_lut(alpha)[idx][:, :, None]
     out = base + (((COLORMAP[idx].astype(np.int16) - base) * wgt + 128) >> 8)

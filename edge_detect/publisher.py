@@ -285,6 +285,7 @@ class Publisher:
         self._resend_since: Optional[float] = None
         self._counts = {"connects": 0, "disconnects": 0, "sent": 0, "acked": 0, "refused": 0, "commands": 0}
         self._connected_once = threading.Event()
+        self._gone = threading.Event()
         self._started = time.monotonic()
         self._commands: queue.Queue = queue.Queue()
         self._threads: List[threading.Thread] = []
@@ -358,7 +359,11 @@ class Publisher:
                 info.wait_for_publish(timeout=2.0)
             except (RuntimeError, ValueError):
                 pass  # lost connection meanwhile: the broker publishes the last will instead
+        self._gone.clear()
         self.client.disconnect()
+        # Wait for paho to write the DISCONNECT: loop_stop() at once can drop it, and the broker
+        # would then treat the stop as a crash.
+        self._gone.wait(2.0)
         self.client.loop_stop()
         with self._cv:
             late, self._acked = self._acked, []
@@ -480,6 +485,15 @@ class Publisher:
         }
         self._publish_direct(self.topic("cmd") + "/result", json.dumps(body, default=str).encode(), qos=1)
 
+    def publish_status_detail(self, kind: str, body: Mapping[str, Any]) -> None:
+        """Retained JSON on ``P/D/status/<kind>`` (e.g. the last model update and why it was refused).
+
+        A sub-level of ``status``: ``P/D/status`` itself stays the plain ``online``/``offline``
+        availability that Home Assistant and ``P/+/status`` subscribers read.
+        """
+        topic = f"{self.status_topic}/{check_level(kind, 'status kind')}"
+        self._publish_direct(topic, json.dumps(body, default=str).encode(), qos=1, retain=True)
+
     def stats(self) -> Dict[str, Any]:
         """Connection state and counters (messages sent / acknowledged / refused by the broker)."""
         with self._cv:
@@ -538,6 +552,7 @@ class Publisher:
         self._connected_once.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self._gone.set()
         with self._cv:
             was = self._connected
             self._connected = False

@@ -89,10 +89,15 @@ class AlertSubscriber:
         self.seen: OrderedDict[str, None] = OrderedDict()
         self.duplicates = 0
         self.saved: List[Path] = []
+        self.delivered = 0  # distinct events handled *and* acknowledged to the broker
         self._expected: set = set()  # (event_id, kind) referenced by events but not yet saved
         self._last_event: Dict[Tuple[str, str], str] = {}  # (device, camera) -> last event id (MQTT 3.1.1)
         self._lock = threading.Lock()
         self._connected = threading.Event()
+        self._gone = threading.Event()
+        self._barrier = threading.Event()
+        self._barrier_mid: Optional[int] = None
+        self.limit: Optional[int] = None  # stop handling (and acking) events after this many
         self._refused: Optional[str] = None
         self.client = self._make_client()
 
@@ -119,7 +124,19 @@ class AlertSubscriber:
             raise ConnectionError(self._refused or f"no answer from {b.host}:{b.port} within {timeout:g} s")
 
     def close(self) -> None:
+        """Disconnect cleanly: the DISCONNECT (and any queued PUBACK) is written before the loop stops."""
+        if self._connected.is_set():
+            # Round trip first: the broker answers the UNSUBSCRIBE only after it processed our earlier
+            # PUBACKs. Closing while its data is still unread makes the kernel send a RST, and the
+            # broker may then drop PUBACKs it had not read yet and replay those events next time.
+            self._barrier.clear()
+            _, self._barrier_mid = self.client.unsubscribe(f"{self.prefix}/$barrier/none")
+            self._barrier.wait(2.0)
+        self._gone.clear()
         self.client.disconnect()
+        # loop_stop() right after disconnect() can end the network thread before it wrote the
+        # queued packets; the broker would then replay unacknowledged events to the session.
+        self._gone.wait(2.0)
         self.client.loop_stop()
 
     def run(self, count: Optional[int] = None, timeout: Optional[float] = None, grace_s: float = 2.0) -> int:
@@ -128,9 +145,10 @@ class AlertSubscriber:
         When saving, waits up to ``grace_s`` more for the snapshots / heatmaps those events reference.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        self.limit = count
         while True:
             with self._lock:
-                n = len(self.seen)
+                n = self.delivered
             if count is not None and n >= count:
                 end = time.monotonic() + grace_s
                 while self._expected and time.monotonic() < end:
@@ -155,8 +173,14 @@ class AlertSubscriber:
             c.tls_set(ca_certs=b.tls_ca, certfile=b.tls_cert, keyfile=b.tls_key)
             c.tls_insecure_set(b.tls_insecure)
         c.reconnect_delay_set(1, 30)
+        # Ack only after an event was handled, and before run() can see it: otherwise an exit right
+        # after --count could leave the last PUBACK unsent and the session would replay that event.
+        c.manual_ack_set(True)
         c.on_connect = self._on_connect
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
+        c.on_disconnect = lambda *a: self._gone.set()
+        c.on_unsubscribe = self._on_unsubscribe
         return c
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
@@ -166,28 +190,56 @@ class AlertSubscriber:
             return
         # QoS 1 so that a persistent session gets events queued while this subscriber is away.
         client.subscribe([(t, 1) for t in self.topics()])
-        self._connected.set()
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        bad = [str(r) for r in reasons if getattr(r, "is_failure", False)]
+        if bad:
+            self._refused = f"broker refused the subscription to {', '.join(self.topics())}: {', '.join(bad)}"
+            return
+        self._connected.set()  # connect() returns only once events can arrive
+
+    def _on_unsubscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        if mid == self._barrier_mid:
+            self._barrier.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if self.limit is not None and self.delivered >= self.limit and self._kind(msg.topic) == "event":
+            return  # not handled, so not acknowledged: a persistent session gets it next time
+        new = False
+        try:
+            new = self._handle(msg)
+        finally:
+            if msg.qos:
+                client.ack(msg.mid, msg.qos)
+            if new:
+                with self._lock:
+                    self.delivered += 1
+
+    def _kind(self, topic: str) -> Optional[str]:
+        parts = topic[len(self.prefix) + 1:].split("/")
+        return parts[1] if len(parts) >= 2 else None
+
+    def _handle(self, msg: mqtt.MQTTMessage) -> bool:
+        """Handle one message; True if it was a new (not duplicate) event."""
         parts = msg.topic[len(self.prefix) + 1:].split("/")
         if len(parts) == 2 and parts[1] == "status":
             if self.on_status:
                 self.on_status(parts[0], msg.payload.decode(errors="replace"))
-            return
+            return False
         if len(parts) != 3:
-            return
+            return False
         device, kind, camera = parts
         if kind == "event":
             try:
                 ev = json.loads(msg.payload)
                 eid = str(ev["event_id"])
             except (ValueError, KeyError, TypeError):
-                return  # not one of ours: a subscriber must not die on a stranger's payload
+                return False  # not one of ours: a subscriber must not die on a stranger's payload
             with self._lock:
                 self._last_event[(device, camera)] = eid
                 if eid in self.seen:
                     self.duplicates += 1
-                    return
+                    return False
                 self.seen[eid] = None
                 if len(self.seen) > DEDUPE_WINDOW:
                     self.seen.popitem(last=False)
@@ -197,6 +249,7 @@ class AlertSubscriber:
                             self._expected.add((eid, kind))
             if self.on_event:
                 self.on_event(ev)
+            return True
         elif kind in ("snapshot", "heatmap") and self.save_dir is not None:
             eid = None
             props = getattr(msg, "properties", None)
@@ -207,7 +260,7 @@ class AlertSubscriber:
                 # MQTT 3.1.1: binaries follow their event on the publisher's one connection.
                 eid = self._last_event.get((device, camera))
             if eid is None:
-                return
+                return False
             d = self.save_dir / _safe_name(device) / _safe_name(camera)
             d.mkdir(parents=True, exist_ok=True)
             path = d / f"{_safe_name(eid)}.{kind}.jpg"
@@ -217,6 +270,7 @@ class AlertSubscriber:
             with self._lock:
                 self.saved.append(path)
                 self._expected.discard((eid, kind))
+        return False
 
 
 def format_line(ev: Dict[str, Any]) -> str:

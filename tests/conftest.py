@@ -18,3 +18,12 @@ def mosquitto(tmp_path_factory):
     broker.start()
     yield broker
     broker.stop()
+
+
+# --- the daemon's tests: a real tiny .tflite bundle, built once per session -----------------------
+@_pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """(bundle dir, threshold) of a 32x32 gray autoencoder; see tests/tiny_bundle.py."""
+    from tiny_bundle import build_tiny_bundle
+
+    return build_tiny_bundle(tmp_path_factory.mktemp("tiny") / "bundle", size=32)

@@ -67,12 +67,67 @@ def test_proc_cpu_and_rss_of_self() -> None:
 # -- latency and cold start on a tiny converted model ---------------------------------------------
 
 
+def tiny_tflite(kind: str, size: int = 16) -> bytes:
+    """A real .tflite flatbuffer written with LiteRT's schema, no TensorFlow: (1, size, size, 1) in and out.
+
+    float32: LOGISTIC. int8: int8 input and output (scale 1/255, 1/256) around DEQUANTIZE, LOGISTIC,
+    QUANTIZE, so TFLiteModel's quantise-in / dequantise-out path runs as for an ``int8_io`` model.
+    """
+    flatbuffers = pytest.importorskip("flatbuffers")
+    s = pytest.importorskip("ai_edge_litert.schema_py_generated")
+    shape = [1, size, size, 1]
+
+    def tensor(name: str, ttype: int, q: tuple = ()) -> object:
+        t = s.TensorT()
+        t.name, t.shape, t.type, t.buffer = name, shape, ttype, 0
+        if q:
+            t.quantization = s.QuantizationParametersT()
+            t.quantization.scale, t.quantization.zeroPoint = [q[0]], [q[1]]
+        return t
+
+    if kind == "float32":
+        tensors = [tensor("in", s.TensorType.FLOAT32), tensor("out", s.TensorType.FLOAT32)]
+        codes = [s.BuiltinOperator.LOGISTIC]
+    else:
+        tensors = [tensor("in", s.TensorType.INT8, (1 / 255, -128)), tensor("f", s.TensorType.FLOAT32),
+                   tensor("g", s.TensorType.FLOAT32), tensor("out", s.TensorType.INT8, (1 / 256, -128))]
+        codes = [s.BuiltinOperator.DEQUANTIZE, s.BuiltinOperator.LOGISTIC, s.BuiltinOperator.QUANTIZE]
+    ops, opcodes = [], []
+    for i, c in enumerate(codes):
+        op = s.OperatorT()
+        op.opcodeIndex, op.inputs, op.outputs = i, [i], [i + 1]
+        ops.append(op)
+        oc = s.OperatorCodeT()
+        oc.builtinCode, oc.deprecatedBuiltinCode, oc.version = c, min(c, 127), 1
+        opcodes.append(oc)
+    sg = s.SubGraphT()
+    sg.tensors, sg.inputs, sg.outputs, sg.operators, sg.name = tensors, [0], [len(tensors) - 1], ops, "main"
+    m = s.ModelT()
+    m.version, m.operatorCodes, m.subgraphs, m.description = 3, opcodes, [sg], "bench smoke test"
+    m.buffers = [s.BufferT()]  # buffer 0: the empty one every activation tensor points at
+    b = flatbuffers.Builder(1024)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> list:
-    pytest.importorskip("tensorflow")
-    import latency
+    d = tmp_path_factory.mktemp("models")
+    paths = []
+    for kind in ("float32", "int8"):
+        p = d / f"tiny_{kind}.tflite"
+        p.write_bytes(tiny_tflite(kind))
+        paths.append(p)
+    return paths
 
-    return latency.build_untrained(tmp_path_factory.mktemp("models"), [16], ["float32", "int8"])
+
+def test_tiny_models_compute_a_logistic(tiny_models: list) -> None:
+    from edge_detect.runtime import TFLiteModel
+
+    x = np.full((1, 16, 16, 1), 0.5, np.float32)
+    for p in tiny_models:
+        y = TFLiteModel(p, num_threads=1)(x)
+        assert y.shape == x.shape and abs(float(y.mean()) - 1 / (1 + np.exp(-0.5))) < 0.01
 
 
 def test_latency_bench(tiny_models: list, tmp_path: Path) -> None:
@@ -95,9 +150,9 @@ def test_latency_bench_without_models_is_a_usage_error(tmp_path: Path, monkeypat
     assert latency.main(["--out", str(tmp_path), "--plot", ""]) == 2
 
 
-def test_cold_start_bench(tiny_models: list, tmp_path: Path) -> None:
-    import cold_start_rss
-
+@pytest.fixture(scope="module")
+def tiny_bundle(tiny_models: list, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 16 px float32 model as a bundle; threshold 0.5 (the benches don't care about verdicts)."""
     from edge_detect.bundle import write_bundle
     from edge_detect.preprocess import Preprocess
     from edge_detect.runtime import TFLiteModel
@@ -105,13 +160,18 @@ def test_cold_start_bench(tiny_models: list, tmp_path: Path) -> None:
     f32 = next(p for p in tiny_models if p.stem.endswith("float32"))
     m = TFLiteModel(f32)
     spec = {"input": m.input.to_dict(), "output": m.output.to_dict()}
-    bundle = write_bundle(tmp_path / "b", {
+    return write_bundle(tmp_path_factory.mktemp("bundle") / "b", {
         "name": "tiny", "version": "1", "family": "conv_ae", "model": {},
         "preprocess": Preprocess(size=(16, 16)).to_dict(), "scoring": {"kind": "reconstruction", "method": "mse"},
         "calibration": {"threshold": 0.5, "normal_stats": {"median": 0.01}},
         "variants": {"float32": {"file": "model_float32.tflite", **spec}},
-    }, {"model_float32.tflite": f32})
-    rc = cold_start_rss.main([str(bundle.path), "--repeats", "1", "--variants", "float32", "--out", str(tmp_path)])
+    }, {"model_float32.tflite": f32}).path
+
+
+def test_cold_start_bench(tiny_bundle: Path, tmp_path: Path) -> None:
+    import cold_start_rss
+
+    rc = cold_start_rss.main([str(tiny_bundle), "--repeats", "1", "--variants", "float32", "--out", str(tmp_path)])
     assert rc == 0
     rows = _result(tmp_path, "cold_start_rss")["rows"]
     (row,) = [r for r in rows if r["variant"] == "float32"]
@@ -119,6 +179,18 @@ def test_cold_start_bench(tiny_models: list, tmp_path: Path) -> None:
     assert row["load_ms"] > 0 and row["first_score_ms"] > 0 and row["cli_ms"] > 0
     assert row["wall_ms"] > row["import_ms"] and row["hwm_mb"] > rows[0]["hwm_mb"]
     assert row["tf_imported"] is False
+
+
+def test_e2e_latency_bench(tiny_bundle: Path, tmp_path: Path) -> None:
+    """The real daemon (edge-detect run) and a real broker: every dropped file becomes one received event."""
+    import e2e_latency
+
+    rc = e2e_latency.main(["--bundle", str(tiny_bundle), "--images", "3", "--profiles", "fast", "--gap", "0",
+                           "--plot", "", "--out", str(tmp_path)])
+    assert rc == 0
+    (row,) = _result(tmp_path, "e2e_latency")["rows"]
+    assert row["n"] == 3 and row["missed"] == 0
+    assert 0 < row["p50_ms"] <= row["p99_ms"] < 10_000
 
 
 # -- fleet against the test broker -----------------------------------------------------------------

@@ -102,9 +102,7 @@ def test_per_image_ano_unet_reconstructs(metric_run) -> None:
 
 
 def test_explain_cli_one_pass_and_per_image_write_pngs(explainer_dir, metric_run, tmp_path) -> None:
-    from training.explain import _click_commands
-
-    explain, _ = _click_commands()
+    from training.explain import explain_command as explain
     imgs = _write_pngs(tmp_path / "in", _normals(2, seed=4))
     r = CliRunner().invoke(explain, [str(explainer_dir), *imgs, "--out", str(tmp_path / "o1")])
     assert r.exit_code == 0, r.output
@@ -118,9 +116,8 @@ def test_explain_cli_one_pass_and_per_image_write_pngs(explainer_dir, metric_run
 
 
 def test_cli_error_paths_are_one_line_exit_2(explainer_dir, tmp_path) -> None:
-    from training.explain import _click_commands
-
-    explain, fit = _click_commands()
+    from training.explain import explain_command as explain
+    from training.explain import fit_explainer_command as fit
     imgs = _write_pngs(tmp_path / "in", _normals(1))
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG truncated")
@@ -142,3 +139,18 @@ def test_cli_error_paths_are_one_line_exit_2(explainer_dir, tmp_path) -> None:
         err = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]
         assert len(err) == 1 and msg in err[0], (args, r.output)
         assert "Traceback" not in r.output
+
+
+def test_heatmap_grid_png(tmp_path) -> None:
+    from training.report import heatmap_grid
+
+    x = _normals(5)
+    maps = np.zeros((5, SIZE, SIZE), np.float32)
+    maps[:, 2:6, 2:6] = 1.0
+    masks = maps > 0.5
+    out = heatmap_grid(x, maps, 0.5, [f"s={i}" for i in range(5)], tmp_path / "grid.png", cols=3, masks=masks)
+    img = np.asarray(Image.open(out))
+    assert img.shape == (2 * (2 * SIZE + 12 + 6), 3 * (SIZE + 4), 3)
+    assert (img == (0, 255, 0)).all(axis=2).any()  # mask outlines drawn
+    with pytest.raises(ValueError, match="no images"):
+        heatmap_grid(x[:0], maps[:0], 0.5, [], tmp_path / "e.png")

@@ -39,6 +39,8 @@ class Collector:
         self.topic = topic
         self.c.on_message = self._on_message
         self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(self.topic, qos=1)
+        self.subscribed = threading.Event()
+        self.c.on_subscribe = lambda c, u, mid, rcs, p: self.subscribed.set()
         ckw = {}
         if v5:
             from paho.mqtt.packettypes import PacketTypes
@@ -49,7 +51,8 @@ class Collector:
             ckw = {"clean_start": not client_id, "properties": props}
         self.c.connect(broker.host, broker.port, **ckw)
         self.c.loop_start()
-        self.wait(lambda m: True, 0, 0.3)  # give the SUBACK a moment
+        # Non-retained messages published before the SUBACK would never reach this subscriber.
+        assert self.subscribed.wait(10), "no SUBACK from the broker"
 
     def _on_message(self, c, u, m):
         props = dict(getattr(m.properties, "UserProperty", []) or []) if m.properties else {}
@@ -349,3 +352,16 @@ def test_password_auth_and_never_logged(tmp_path, caplog):
         assert "connected to" in text and "CONNECT" in text  # the debug log did run (paho packets)
     finally:
         broker.stop()
+
+
+def test_event_ids_sort_by_time_and_stay_monotonic():
+    from edge_detect.events import uuid7
+
+    same_ms = [uuid7(1_700_000_000_000) for _ in range(5000)]  # > 4096: spills into the next ms
+    assert same_ms == sorted(same_ms) and len(set(same_ms)) == 5000
+    back = uuid7(1_600_000_000_000)  # the clock stepped back: still after the last id
+    assert back > same_ms[-1]
+    ev = make_event(0)
+    jsonschema.validate(ev, SCHEMA)
+    with pytest.raises(ValueError, match="camera"):
+        make_event(0, camera="a/b")

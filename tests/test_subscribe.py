@@ -76,7 +76,7 @@ def test_json_lines_persistent_session_and_dedupe(mosquitto, tmp_path):
     # Nothing left in the session, so waiting for one more event times out: exit 1, one line.
     again = cli(mosquitto, "--session", "ops-console", "--json", "--count", "1", "--timeout", "1")
     out, err = again.communicate(timeout=20)
-    assert again.returncode == 1 and out == "" and "0 of 1 events arrived" in err
+    assert again.returncode == 1 and out == "" and "0 of 1 events arrived" in err, out
 
 
 def test_bad_broker_and_options():

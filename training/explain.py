@@ -296,6 +296,7 @@ def explanation_png(x: np.ndarray, heat: np.ndarray, threshold: float, out: Path
 
     img = to_uint8_image(x, pre.scale, pre.offset)
     ov = boxes(overlay(img, heat, threshold), regions(heat, threshold))
+    img = np.repeat(img[:, :, None], 3, axis=2) if img.ndim == 2 else img
     Image.fromarray(np.concatenate([img, np.full((img.shape[0], 2, 3), 255, np.uint8), ov], axis=1)).save(out)
 
 
@@ -425,3 +426,7 @@ def load_folder(folder: Union[str, Path], pre: Preprocess, limit: int = 2000, se
     if not xs:
         raise ExplainError(f"{folder}: no readable images")
     return np.stack(xs)
+
+
+# For the edge-train group: main.add_command(explain_command); main.add_command(fit_explainer_command)
+explain_command, fit_explainer_command = _click_commands()

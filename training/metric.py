@@ -136,13 +136,19 @@ def build_scorer(emb: np.ndarray, labels: Optional[np.ndarray], cfg: MetricConfi
 
 def calibration_from_reference(ref_scores: np.ndarray, contamination: float,
                                val_scores: Optional[np.ndarray] = None) -> Dict[str, Any]:
-    """Contamination threshold (scikit-learn's -offset_) and the normal-score statistics.
+    """The contamination calibration: threshold, the normal-score statistics, both rules' thresholds.
 
-    The statistics come from validation scores when given (held-out normals), else the references.
+    With held-out validation scores the threshold is their (1 - contamination) quantile, a rule
+    every exported variant can re-apply to its own scores; without, it is scikit-learn's rule
+    over the leave-one-out reference scores (``-offset_``), which is also recorded for comparison.
     """
-    s = np.asarray(val_scores if val_scores is not None and len(val_scores) else ref_scores, np.float64)
-    return {"method": "contamination", "contamination": contamination,
-            "threshold": contamination_threshold(ref_scores, contamination),
+    ref_thr = contamination_threshold(ref_scores, contamination)
+    has_val = val_scores is not None and len(val_scores) > 1
+    s = np.asarray(val_scores if has_val else ref_scores, np.float64)
+    val_thr = float(np.quantile(s, 1.0 - contamination)) if has_val else None
+    return {"method": "contamination", "params": {"contamination": contamination},
+            "threshold": val_thr if has_val else ref_thr,
+            "thresholds": {"contamination_validation": val_thr, "contamination_reference": ref_thr},
             "normal_stats": {"n": int(len(s)), "mean": float(s.mean()), "std": float(s.std()),
                              "median": float(np.median(s)), "min": float(s.min()), "max": float(s.max())}}
 
@@ -176,18 +182,22 @@ def export_parts(run_dir: Path, classifier: Any, cfg: MetricConfig,
     """What export needs beyond an autoencoder's: model, rebuild, scoring dict, arrays, calibrate,
     and a starting calibration (the contamination threshold over the float references).
 
-    ``calibrate`` maps a variant's validation scores to its calibration; for the contamination
-    mode the threshold is the quantile (1 - contamination) of those held-out normal scores, so
-    every variant (float32, int8) gets a threshold in its own score units.
+    ``calibrate`` maps a variant's validation scores to its calibration with the run's method; for
+    the contamination mode the threshold is the quantile (1 - contamination) of those held-out
+    normal scores, so every variant (float32, int8) gets a threshold in its own score units.
     """
     emb, labels = load_reference(run_dir)
     scorer, ref_scores = build_scorer(emb, labels, cfg)
 
+    run_cal = _run_calibration(run_dir)
+
     def calibrate(val_scores: np.ndarray) -> Dict[str, Any]:
         v = np.asarray(val_scores, np.float64)
-        cal = calibration_from_reference(v, cfg.contamination, v)
-        cal["method"] = "contamination-validation"
-        return cal
+        if run_cal.get("method", "contamination") == "contamination":
+            return calibration_from_reference(ref_scores, cfg.contamination, v)
+        from . import calibrate as cal
+
+        return cal.recalibrate(run_cal, v)
 
     return {"model": embedder_of(classifier, cfg.l2), "rebuild": rebuild_embedder(cfg, input_shape, classifier),
             "scoring": scorer.to_dict(), "arrays": scorer.arrays(), "calibrate": calibrate,
@@ -210,7 +220,7 @@ def fit_metric(
 
     x_train / x_val: normal images (N, H, W, C) in 0..1; y_*: their class (multi-class setup) or None.
     x_aux: auxiliary "other" images for outlier exposure (never used as references).
-    Returns ``{"model", "scorer", "val_scores", "calibration", "history"}``.
+    Returns ``{"model", "scorer", "val_scores", "calibration", "history", "train_seconds"}``.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -237,7 +247,87 @@ def fit_metric(
                                     "calibration": cal, "history": history, "train_seconds": train_s,
                                     "input_shape": list(x_train.shape[1:]), "n_classes": n_classes,
                                     "outlier_exposure": x_aux is not None and len(x_aux) > 0})
-    return {"model": model, "scorer": scorer, "val_scores": val_scores, "calibration": cal, "history": history}
+    return {"model": model, "scorer": scorer, "val_scores": val_scores, "calibration": cal, "history": history,
+            "train_seconds": train_s}
+
+
+def load_aux(aux_dir: Optional[str], pre: Any) -> Optional[np.ndarray]:
+    """Every readable image under ``aux_dir`` (recursively), preprocessed like the training data."""
+    if not aux_dir:
+        return None
+    from .data import IMAGE_SUFFIXES, DataError, Item, load_items
+
+    root = Path(aux_dir)
+    if not root.is_dir():
+        raise DataError(f"aux folder not found: {aux_dir}")
+    items = [Item(str(p)) for p in sorted(root.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+    x, _, _ = load_items(items, pre, "aux")
+    if len(x) == 0:
+        raise DataError(f"no readable images in aux folder {aux_dir}")
+    return x
+
+
+def fit_run(spec: Dict[str, Any], fit_cfg: Any, cfg: MetricConfig, out_dir: Path, aux_dir: Optional[str] = None,
+            verbose: int = 1) -> Dict[str, Any]:
+    """``edge-train fit --model metric``: the metric twin of ``training.train.fit``.
+
+    Same dataset spec, preprocessing, held-out split, calibration modes, metrics and report as the
+    autoencoders; ``fit_cfg`` is their FitConfig (input size, colour, epochs, seed, calibration).
+    The calibration is ``contamination`` unless the user chose a mode on purpose
+    (``fit_cfg.calibration_explicit``), see ``_calibration_mode``.
+    """
+    from . import calibrate as cal
+    from .data import rebuild_splits
+    from .report import write_report
+    from .train import evaluate_scores, tool_versions, write_run_json
+
+    out_dir = Path(out_dir)
+    pre = fit_cfg.preprocess()
+    t0 = time.time()
+    splits = rebuild_splits(spec, pre)
+    x_aux = load_aux(aux_dir, pre)
+    t_data = time.time() - t0
+    classes = sorted(set(splits.train_classes)) if len(set(splits.train_classes)) > 1 else []
+    y_train = np.array([classes.index(c) for c in splits.train_classes], np.int64) if classes else None
+    cfg.class_names = classes
+    cfg.epochs, cfg.seed = fit_cfg.epochs, fit_cfg.seed
+    cfg.batch_size, cfg.learning_rate = fit_cfg.batch_size, fit_cfg.learning_rate
+    res = fit_metric(out_dir, cfg, splits.x_train, y_train, splits.x_val, None, x_aux, verbose=verbose)
+    scorer, model = res["scorer"], res["model"]
+    mode = _calibration_mode(fit_cfg)
+    if mode == "contamination":
+        calibration = res["calibration"]
+    else:
+        calib_anom = None
+        if splits.x_calib_anomalies is not None:
+            calib_anom = scorer(None, embed(model, splits.x_calib_anomalies, cfg.l2))[0]
+        calibration = cal.calibrate(res["val_scores"], mode, calib_anom, fit_cfg.k, fit_cfg.q, fit_cfg.far)
+    test_scores = scorer(None, embed(model, splits.x_test, cfg.l2))[0] if len(splits.x_test) else np.empty(0)
+    metrics = evaluate_scores(splits, test_scores, None, calibration["threshold"])
+    run = json.loads((out_dir / "run.json").read_text())
+    info = {
+        **run,
+        "family": FAMILY,
+        "model": FAMILY,
+        "model_params": {**cfg.model_params(), "input_shape": list(pre.shape)},
+        "config": {k: v for k, v in fit_cfg.__dict__.items() if k != "model_params"},
+        "preprocess": pre.to_dict(),
+        "dataset": spec,
+        "data_summary": {**splits.summary, "aux": {"folder": aux_dir, "count": 0 if x_aux is None else len(x_aux)}},
+        "calibration": calibration,
+        "metrics": metrics,
+        "timing_s": {"load_data": round(t_data, 2), "train": round(res["train_seconds"], 2)},
+        "parameters": int(model.count_params()),
+        "tools": tool_versions(),
+    }
+    write_run_json(out_dir, info)
+    write_report(out_dir / "report", metrics, res["val_scores"], test_scores, splits, calibration["threshold"])
+    return info
+
+
+def _calibration_mode(fit_cfg: Any) -> str:
+    """Metric runs calibrate by contamination unless the user picked a calibration mode on purpose."""
+    return fit_cfg.calibration if getattr(fit_cfg, "calibration_explicit", False) else "contamination"
 
 
 def load_run(run_dir: Path) -> Tuple[Any, MetricConfig, Tuple[int, int, int]]:
@@ -255,6 +345,11 @@ def _l2_registered() -> None:
     from . import metric_models
 
     metric_models._l2_layer("probe")
+
+
+def _run_calibration(run_dir: Path) -> Dict[str, Any]:
+    path = Path(run_dir) / "run.json"
+    return dict(json.loads(path.read_text()).get("calibration") or {}) if path.exists() else {}
 
 
 def write_run_config(run_dir: Path, cfg: MetricConfig, extra: Dict[str, Any]) -> None:

@@ -106,8 +106,9 @@ class HttpSource(Source):
         if self.cfg.auth != "none":
             mgr = urllib.request.HTTPPasswordMgrWithDefaultRealm()
             mgr.add_password(None, self.cfg.url, self.cfg.username, self._password())
-            cls = urllib.request.HTTPBasicAuthHandler if self.cfg.auth == "basic" else urllib.request.HTTPDigestAuthHandler
-            handlers.append(cls(mgr))
+            req = urllib.request
+            handler = req.HTTPBasicAuthHandler if self.cfg.auth == "basic" else req.HTTPDigestAuthHandler
+            handlers.append(handler(mgr))
         self._opener = urllib.request.build_opener(*handlers)
 
     def read(self, timeout: float) -> Optional[Frame]:

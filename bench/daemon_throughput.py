@@ -1,0 +1,223 @@
+"""The daemon's plumbing cost: steady-state throughput of ``edge-detect run`` on a watched folder
+against a bare loop that only decodes, preprocesses and invokes the same model on the same files.
+
+Also the daemon's RSS (peak, VmHWM) and the time from process start to the first event at a
+subscriber. Targets (issue 8): ratio >= 0.80, RSS < 150 MB, first event < 2 s.
+
+    python bench/daemon_throughput.py [FOLDER] [--bundle DIR] [--files N] [--repeat R] [--threads T]
+
+FOLDER defaults to ../shared/data/casting/train/ok_front (300x300 JPEGs). It is watched in
+``keep`` mode with the processed-file record in a temporary directory, so it is never modified.
+Without --bundle the script builds tests/tiny_bundle.py's autoencoder at 128x128 (TensorFlow
+needed for that step only). The camera threshold is set above every score for the throughput
+runs (steady state is normal frames: no events) and to 0 for the first-event run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import common
+
+CLI = str(Path(sys.executable).parent / "edge-detect")
+DEFAULT_FOLDER = common.SHARED_DATA / "casting" / "train" / "ok_front"
+PATTERNS = ("*.jpeg", "*.jpg", "*.png")
+
+
+def files_of(folder: Path, n: int) -> List[Path]:
+    out = sorted(p for pat in PATTERNS for p in folder.glob(pat))
+    return out[:n] if n else out
+
+
+def bare_loop(bundle: Path, files: List[Path], threads: int) -> Dict[str, float]:
+    """Read, decode + preprocess, invoke: frames/s over all files (the same work the daemon must do)."""
+    from edge_detect.detector import Detector
+
+    det = Detector(bundle, num_threads=threads)
+    pre, model = det.preprocess, det.model
+    for f in files[:20]:  # warm the interpreter and the page cache
+        model(pre(f.read_bytes())[None])
+    t0 = time.perf_counter()
+    for f in files:
+        model(pre(f.read_bytes())[None])
+    dt = time.perf_counter() - t0
+    return {"frames": len(files), "seconds": round(dt, 3), "fps": round(len(files) / dt, 1)}
+
+
+def write_config(tmp: Path, bundle: Path, folder: Path, broker_port: int, threshold: float, threads: int,
+                 tag: str) -> Path:
+    cfg = tmp / f"{tag}.toml"
+    cfg.write_text(f"""
+[device]
+id = "bench"
+log_format = "json"
+[model]
+bundle = "{bundle}"
+num_threads = {threads}
+watch = false
+[mqtt]
+host = "127.0.0.1"
+port = {broker_port}
+discovery = false
+[outbox]
+path = "{tmp / (tag + '-outbox.sqlite')}"
+[stats]
+interval = 0.5
+[[cameras]]
+name = "casting"
+threshold = {threshold}
+heatmap = false
+queue = 4
+[cameras.source]
+type = "directory"
+path = "{folder}"
+after = "keep"
+record = "{tmp / (tag + '-processed')}"
+settle = 0.0
+""")
+    return cfg
+
+
+def _stats_lines(log_path: Path) -> List[dict]:
+    out = []
+    for raw in log_path.read_text(errors="replace").splitlines():
+        if raw.startswith("{") and '"event":"stats"' in raw:
+            out.append(json.loads(raw))
+    return out
+
+
+def daemon_run(cfg: Path, log_path: Path, total: int, timeout: float = 600.0) -> Dict[str, Any]:
+    """Run the daemon until it has scored ``total`` frames; steady state = the middle 80 % of them."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([CLI, "run", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
+    peak = 0.0
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            hwm = common.proc_status_mb("VmHWM", proc.pid)
+            peak = max(peak, hwm or 0.0)
+            st = _stats_lines(log_path)
+            if st and st[-1]["frames"] >= total:
+                break
+            if proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
+            time.sleep(0.25)
+        peak = max(peak, common.proc_status_mb("VmHWM", proc.pid) or 0.0)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(60)
+    st = _stats_lines(log_path)
+    lo, hi = 0.1 * total, 0.9 * total
+    window = [s for s in st if lo <= s["frames"] <= hi]
+    if len(window) < 2:  # a fast run: fall back to first..last stats line with progress
+        window = [s for s in st if 0 < s["frames"] < total] or st
+    a, b = window[0], window[-1]
+    fps = (b["frames"] - a["frames"]) / max(b["uptime_s"] - a["uptime_s"], 1e-9)
+    last = st[-1]
+    return {"fps": round(fps, 1), "window_frames": b["frames"] - a["frames"],
+            "window_s": round(b["uptime_s"] - a["uptime_s"], 2), "frames": last["frames"],
+            "rejected": last["images_rejected"], "latency_ms": last["latency_ms"], "peak_rss_mb": peak,
+            "rss_mb_stats": max(s["rss_mb"] or 0 for s in st), "exit_code": rc}
+
+
+def first_event(cfg: Path, log_path: Path, port: int) -> Dict[str, Any]:
+    """Seconds from process start to the first event at a subscriber (threshold 0: every frame alerts)."""
+    import paho.mqtt.client as mqtt
+
+    got = threading.Event()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-first-event")
+    sub.on_message = lambda c, u, m: got.set()
+    sub.connect("127.0.0.1", port)
+    sub.subscribe("edge-detect/bench/event/+", qos=1)
+    sub.loop_start()
+    time.sleep(0.5)
+    with open(log_path, "wb") as log:
+        t0 = time.monotonic()
+        proc = subprocess.Popen([CLI, "run", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
+    ok = got.wait(30)
+    dt = time.monotonic() - t0
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+    sub.loop_stop()
+    sub.disconnect()
+    started = None
+    for raw in log_path.read_text(errors="replace").splitlines():
+        if '"event":"started"' in raw:
+            started = json.loads(raw)["startup_ms"]
+            break
+    return {"first_event_s": round(dt, 3) if ok else None, "daemon_startup_ms": started}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("folder", nargs="?", default=str(DEFAULT_FOLDER))
+    ap.add_argument("--bundle", help="bundle directory (default: build the 128x128 test autoencoder)")
+    ap.add_argument("--files", type=int, default=0, help="use the first N files (default: all)")
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="interpreter threads in both loops")
+    a = ap.parse_args(argv)
+    folder = common.data_dir(a.folder) if not Path(a.folder).is_dir() else Path(a.folder)
+    files = files_of(folder, a.files)
+    if not files:
+        raise SystemExit(f"no images in {folder}")
+    info = common.machine_info()
+    print(common.machine_line(info))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-daemon-"))
+    try:
+        if a.bundle:
+            bundle, what = Path(a.bundle), f"given: {a.bundle}"
+        else:
+            sys.path.insert(0, str(common.REPO_ROOT / "tests"))
+            from tiny_bundle import build_tiny_bundle
+
+            bundle, _ = build_tiny_bundle(tmp / "bundle", size=128)
+            what = "tests/tiny_bundle.py autoencoder, 128x128 gray, float32 (no trained bundle in runs/ or bundles/)"
+        if a.files:  # the daemon watches a folder: give it exactly these files
+            sub = tmp / "images"
+            sub.mkdir()
+            for f in files:
+                os.symlink(f, sub / f.name)
+            folder = sub
+        print(f"bundle: {what}\nfolder: {folder} ({len(files)} files), threads {a.threads}")
+        rows = []
+        with common.Mosquitto() as broker:
+            for r in range(a.repeat):
+                bare = bare_loop(bundle, files, a.threads)
+                cfg = write_config(tmp, bundle, folder, broker.port, 1e30, a.threads, f"run{r}")
+                d = daemon_run(cfg, tmp / f"run{r}.log", len(files))
+                rows.append({"run": r + 1, "bare_fps": bare["fps"], "daemon_fps": d["fps"],
+                             "ratio": round(d["fps"] / bare["fps"], 3), "daemon_peak_rss_mb": d["peak_rss_mb"],
+                             "daemon_p50_ms": d["latency_ms"]["p50"], "rejected": d["rejected"],
+                             "window_frames": d["window_frames"]})
+                print(json.dumps(rows[-1]))
+            fe = first_event(write_config(tmp, bundle, folder, broker.port, 0.0, a.threads, "first"),
+                             tmp / "first.log", broker.port)
+        common.print_table(rows)
+        best = max(rows, key=lambda x: x["ratio"])
+        med_ratio = sorted(x["ratio"] for x in rows)[len(rows) // 2]
+        print(f"ratio best {best['ratio']:.3f}, median {med_ratio:.3f} (target >= 0.80); "
+              f"peak RSS {max(x['daemon_peak_rss_mb'] for x in rows):.1f} MB (target < 150); "
+              f"first event {fe['first_event_s']} s after start (target < 2), daemon start-up "
+              f"{fe['daemon_startup_ms']} ms")
+        path = common.write_result("daemon_throughput", {
+            "bundle": what, "folder": str(folder), "files": len(files), "threads": a.threads,
+            "runs": rows, "first_event": fe, "ratio_median": med_ratio})
+        print(f"wrote {path}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

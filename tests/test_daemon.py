@@ -1,0 +1,290 @@
+"""The daemon as a real process: watched directory + HTTP camera -> real Mosquitto -> subscriber."""
+
+import http.server
+import io
+import json
+import shutil
+import signal
+import socket
+import struct
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from daemon_helpers import DaemonProc, Subscriber, drop_file, write_config
+from PIL import Image
+from tiny_bundle import anomalous_image, encode, normal_image
+
+import edge_detect
+from edge_detect.bundle import write_bundle
+from edge_detect.daemon import Inbox, Latency, stable_event_id
+from edge_detect.events import build_event
+
+SCHEMAS = Path(edge_detect.__file__).parent / "schemas"
+
+
+def _dir_camera(name, path, **extra):
+    opts = "".join(f"{k} = {json.dumps(v)}\n" for k, v in extra.items())
+    return f"""
+[[cameras]]
+name = "{name}"
+{opts}[cameras.source]
+type = "directory"
+path = "{path}"
+settle = 0.05
+poll_interval = 0.05
+"""
+
+
+def _bomb_png(w=100_000, h=100_000) -> bytes:
+    """A tiny PNG whose header claims w x h px (10 Gpx): decoding it would need 10 GB."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_events_end_to_end(tmp_path, tiny_bundle, mosquitto):
+    bundle, threshold = tiny_bundle
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    rng = np.random.default_rng(3)
+    names = []
+    for i in range(4):
+        drop_file(inbox, f"ok{i}.png", encode(normal_image(rng)))
+        drop_file(inbox, f"bad{i}.jpg", encode(anomalous_image(rng), "JPEG"))
+        names.append(f"bad{i}.jpg")
+    sub = Subscriber(mosquitto, ["edge-detect/dev1/#"], client_id="e2e")
+    assert sub.subscribed.wait(5)
+    cfg = write_config(tmp_path / "edge.toml", device="dev1", bundle=bundle, broker=mosquitto,
+                       outbox=tmp_path / "outbox.sqlite",
+                       cameras=_dir_camera("front", inbox, heatmap=True, snapshot=True))
+    d = DaemonProc(cfg, tmp_path / "daemon.log")
+    try:
+        assert sub.wait(lambda: len(sub.events()) >= 4, 20), d.tail()
+        first = d.wait_for(lambda x: x.get("event") == "anomaly")
+        started = d.wait_for(lambda x: x.get("event") == "started")
+        assert started["startup_ms"] < 2000
+        stats = d.wait_for(lambda x: x.get("event") == "stats" and x["frames"] == 8)
+    finally:
+        rc = d.terminate()
+    assert rc == 0, d.tail()
+    events = sub.events()
+    assert sorted(e["extra"]["image"] for e in events) == names  # normal parts raise nothing
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((SCHEMAS / "event.schema.json").read_text())
+    for e in events:
+        jsonschema.validate(e, schema)
+        assert e["verdict"] == "anomaly" and e["score"] > threshold and e["score_normalised"] > 1.0
+        assert e["model"]["name"] == "tiny-ae" and len(e["model"]["sha256"]) == 64
+        assert {"preprocess", "invoke", "score"} <= set(e["latency_ms"])
+        assert e["snapshot"]["topic"] == "edge-detect/dev1/snapshot/front"
+    snaps = sub.payloads("/snapshot/")
+    assert len(snaps) >= 4 and all(s[:2] == b"\xff\xd8" for s in snaps)
+    heat = sub.payloads("/heatmap/")
+    assert heat and Image.open(io.BytesIO(heat[0])).size == (32, 32)
+    assert stats["events"] == 4 and stats["images_rejected"] == 0 and stats["accelerator"] == "cpu"
+    assert stats["latency_ms"]["p50"] > 0 and stats["rss_mb"] < 150
+    assert first["event_id"] in {e["event_id"] for e in events}
+    # files were moved once processed; SIGTERM published "offline" (retained)
+    assert sorted(p.name for p in (inbox / "processed").glob("*.*")) == sorted(names + [f"ok{i}.png" for i in range(4)])
+    assert sub.payloads("/status")[-1] == b"offline"
+    sub.close()
+
+
+def test_bad_input_and_vanished_cameras_do_not_stop_it(tmp_path, tiny_bundle, mosquitto):
+    bundle, _ = tiny_bundle
+    inbox, gone = tmp_path / "in", tmp_path / "gone"
+    inbox.mkdir()
+    gone.mkdir()
+    rng = np.random.default_rng(4)
+    jpeg = encode(anomalous_image(rng), "JPEG")
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.float32), "F").save(buf, format="TIFF")  # 32-bit float: wrong mode
+    bad = {
+        "zero.jpg": b"",
+        "corrupt.jpg": b"\xff\xd8\xff\xe0 this is not a jpeg",
+        "truncated.jpg": jpeg[: len(jpeg) // 3],
+        "bomb.png": _bomb_png(),
+        "float.tif": buf.getvalue(),
+        "text.png": b"hello",
+    }
+    for name, data in bad.items():
+        drop_file(inbox, name, data)
+
+    class Snap(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(jpeg)))
+            self.end_headers()
+            self.wfile.write(jpeg)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Snap)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    cams = (_dir_camera("front", inbox) + _dir_camera("gone", gone)
+            + f'\n[[cameras]]\nname = "ipcam"\ncooldown = 3600.0\n[cameras.source]\ntype = "http"\n'
+              f'url = "http://127.0.0.1:{srv.server_address[1]}/snap.jpg"\ntimeout = 0.5\n'
+              f'[cameras.trigger]\ntype = "interval"\nseconds = 0.1\n')
+    cfg = write_config(tmp_path / "edge.toml", device="dev2", bundle=bundle, broker=mosquitto,
+                       outbox=tmp_path / "outbox.sqlite", cameras=cams)
+    d = DaemonProc(cfg, tmp_path / "daemon.log")
+    try:
+        d.wait_for(lambda x: x.get("event") == "stats" and x["images_rejected"] == len(bad))
+        d.wait_for(lambda x: x.get("event") == "stats" and x["cameras"]["ipcam"]["events"] == 1)
+        shutil.rmtree(gone)  # a camera that vanishes
+        srv.shutdown()
+        srv.server_close()  # and an IP camera that goes away
+        d.wait_for(lambda x: x.get("event") == "camera_down" and x["camera"] == "gone")
+        d.wait_for(lambda x: x.get("event") == "camera_down" and x["camera"] == "ipcam")
+        d.wait_for(lambda x: x.get("event") == "camera_stalled" and x["camera"] == "ipcam")
+        # still working: a good defect image on the surviving camera becomes an event
+        drop_file(inbox, "real.jpg", jpeg)
+        d.wait_for(lambda x: x.get("event") == "anomaly" and x["image"] == "real.jpg")
+        gone.mkdir()  # the share comes back
+        d.wait_for(lambda x: x.get("event") == "camera_recovered" and x["camera"] == "gone")
+        stats = d.wait_for(lambda x: x.get("event") == "stats" and x["cameras"]["ipcam"]["state"] == "down"
+                           and x["cameras"]["gone"]["state"] == "ok")
+    finally:
+        rc = d.terminate()
+    assert rc == 0, d.tail()
+    assert stats["images_rejected"] == len(bad) and stats["cameras"]["front"]["rejected"] == len(bad)
+    assert stats["cameras"]["ipcam"]["errors"] >= 1 and stats["cameras"]["gone"]["reconnects"] >= 1
+    rejected = {x["image"]: x["error"] for x in d.lines() if x.get("event") == "image_rejected"}
+    assert set(rejected) == set(bad)
+    assert "bomb" in rejected["bomb.png"] and "empty" in rejected["zero.jpg"] and "mode" in rejected["float.tif"]
+    assert sorted(p.name for p in (inbox / "processed" / "rejected").iterdir()) == sorted(bad)
+
+
+def test_reload_keeps_old_bundle_when_new_is_bad(tmp_path, tiny_bundle, mosquitto):
+    bundle0, _ = tiny_bundle
+    live = tmp_path / "bundle"
+    shutil.copytree(bundle0, live)
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    cfg = write_config(tmp_path / "edge.toml", device="dev3", bundle=live, broker=mosquitto,
+                       outbox=tmp_path / "outbox.sqlite", cameras=_dir_camera("front", inbox))
+    d = DaemonProc(cfg, tmp_path / "daemon.log")
+    rng = np.random.default_rng(5)
+    try:
+        d.wait_for(lambda x: x.get("event") == "started")
+        # a truncated model file: SHA-256 no longer matches the manifest
+        model = live / "model_float32.tflite"
+        model.write_bytes(model.read_bytes()[:100])
+        d.proc.send_signal(signal.SIGHUP)
+        failed = d.wait_for(lambda x: x.get("event") == "reload_failed")
+        assert "SHA-256" in failed["error"] and failed["kept"]["version"] == "1"
+        drop_file(inbox, "a.jpg", encode(anomalous_image(rng), "JPEG"))
+        ev = d.wait_for(lambda x: x.get("event") == "anomaly")  # the old model still scores
+        assert ev["image"] == "a.jpg"
+        stats = d.wait_for(lambda x: x.get("event") == "stats" and x["reloads"]["failed"] == 1)
+        assert stats["model"]["version"] == "1" and "SHA-256" in stats["reloads"]["last_error"]
+        # a good new bundle appears at the path: picked up without a signal
+        manifest = json.loads((bundle0 / "manifest.json").read_text())
+        write_bundle(live, {**manifest, "version": "2"}, {"model_float32.tflite": bundle0 / "model_float32.tflite"})
+        d.wait_for(lambda x: x.get("event") == "model_reloaded" and x["model"]["version"] == "2")
+        drop_file(inbox, "b.jpg", encode(anomalous_image(rng), "JPEG"))
+        d.wait_for(lambda x: x.get("event") == "anomaly" and x["image"] == "b.jpg")
+    finally:
+        rc = d.terminate()
+    assert rc == 0, d.tail()
+
+
+def test_systemd_notify_and_watchdog(tmp_path, tiny_bundle, mosquitto):
+    bundle, _ = tiny_bundle
+    sock_path = str(tmp_path / "notify.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(sock_path)
+    s.settimeout(15)
+    (tmp_path / "in").mkdir()
+    cfg = write_config(tmp_path / "edge.toml", device="dev4", bundle=bundle, broker=mosquitto,
+                       outbox=tmp_path / "outbox.sqlite", cameras=_dir_camera("front", tmp_path / "in"))
+    d = DaemonProc(cfg, tmp_path / "daemon.log", env={"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "400000"})
+    got = []
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not ({"READY=1", "WATCHDOG=1"} <= set(got) and
+                                                   sum(m == "WATCHDOG=1" for m in got) >= 3):
+            got += s.recv(4096).decode().splitlines()
+        d.proc.send_signal(signal.SIGTERM)
+        while "STOPPING=1" not in got:
+            got += s.recv(4096).decode().splitlines()
+    finally:
+        rc = d.terminate()
+        s.close()
+    assert rc == 0
+    assert got.index("READY=1") < got.index("WATCHDOG=1") < got.index("STOPPING=1")
+    assert any(m.startswith("STATUS=") for m in got)
+
+
+def test_require_accelerator_exits_with_a_clear_error(tmp_path, tiny_bundle, mosquitto):
+    bundle, _ = tiny_bundle
+    (tmp_path / "in").mkdir()
+    cfg = write_config(tmp_path / "edge.toml", device="dev5", bundle=bundle, broker=mosquitto,
+                       outbox=tmp_path / "outbox.sqlite", cameras=_dir_camera("front", tmp_path / "in"),
+                       extra="")
+    text = cfg.read_text().replace("watch_interval = 0.3", 'watch_interval = 0.3\nrequire_accelerator = true\n'
+                                   '[model.accelerator]\ntype = "gpu"\nlibrary_path = "/nonexistent/libgpu.so"')
+    cfg.write_text(text)
+    d = DaemonProc(cfg, tmp_path / "daemon.log")
+    assert d.proc.wait(30) == 3
+    line = [x for x in d.lines() if x.get("event") == "accelerator_required"][0]
+    assert "/nonexistent/libgpu.so" in line["error"] and "require_accelerator" in line["error"]
+    # without require_accelerator: CPU fallback, one clear line, and the reason on the stats
+    cfg.write_text(text.replace("require_accelerator = true", "require_accelerator = false"))
+    d = DaemonProc(cfg, tmp_path / "daemon2.log")
+    try:
+        fb = d.wait_for(lambda x: x.get("event") == "accelerator_fallback")
+        stats = d.wait_for(lambda x: x.get("event") == "stats")
+    finally:
+        assert d.terminate() == 0
+    assert "libgpu.so" in fb["reason"] and stats["accelerator"] == "cpu"
+    assert "libgpu.so" in stats["accelerator_fallback"]
+
+
+# -- pieces of the daemon, in process ------------------------------------------------------------
+
+
+def test_stable_event_id_is_a_valid_uuid7_and_stable():
+    a = stable_event_id("d", "c", "x.jpg:10:123", 1_700_000_000.5)
+    assert a == stable_event_id("d", "c", "x.jpg:10:123", 1_700_000_000.5)
+    assert a != stable_event_id("d", "c", "x.jpg:10:124", 1_700_000_000.5)
+    ev = build_event(device="d", camera="c", score=1, normalised=1, threshold=1, anomalous=True,
+                     model={"name": "m", "version": "1", "sha256": "0" * 64, "variant": "float32"},
+                     captured_at=1.0, event_id=a)
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((SCHEMAS / "event.schema.json").read_text())
+    jsonschema.validate(ev, schema)
+    assert int(a.replace("-", "")[:12], 16) == 1_700_000_000_500  # capture time in ms up front
+
+
+def test_inbox_drops_oldest_for_streams_and_blocks_for_directories():
+    stop = threading.Event()
+    box = Inbox(["a", "b"])
+    assert box.put("a", "f1", 2, False, stop) is None
+    assert box.put("a", "f2", 2, False, stop) is None
+    assert box.put("a", "f3", 2, False, stop) == "f1"  # a stream keeps the newest
+    assert box.put("b", "g1", 1, True, stop) is None
+    t = threading.Thread(target=box.put, args=("b", "g2", 1, True, stop))
+    t.start()
+    time.sleep(0.1)
+    assert t.is_alive()  # a directory camera waits for room
+    got = [box.get(0.1) for _ in range(4)]
+    t.join(1)
+    assert not t.is_alive()
+    assert [g[0] for g in got] == ["a", "b", "a", "b"]  # round robin
+    assert box.get(0.01) is None
+
+
+def test_latency_percentiles_use_a_fixed_ring():
+    lat = Latency(size=100)
+    assert lat.percentiles()["p50"] is None
+    for i in range(1000):
+        lat.add(float(i % 100))
+    p = lat.percentiles()
+    assert p["p50"] == pytest.approx(49.5) and p["p99"] == pytest.approx(98.01)

@@ -1,0 +1,351 @@
+"""Datasets of normal (and optionally anomalous) images, and their reproducible splits.
+
+Layouts (``layout="auto"`` picks one):
+
+- ``mvtec``: ``train/good``, ``test/good``, ``test/<defect>``, optional ``ground_truth/<defect>/*_mask.png``
+- ``folders``: DATA is a folder of normals; ``anomalies`` names a folder of anomalies (optional).
+  A fraction of the normals is held out as test normals.
+- ``classes``: ``train/<class>/...`` (every class normal unless ``normal_classes`` says otherwise),
+  optional ``test/<class>/...``, where classes outside the normal set are anomalies.
+- ``idx``: MNIST-style IDX files (gz or not): ``train-images-idx3-ubyte.gz`` + labels, ``t10k-*``.
+
+A split is described by a JSON-able spec (kept in run.json) and rebuilt from it exactly.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import struct
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from edge_detect.preprocess import ImageError, Preprocess
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".gif"}
+LAYOUTS = ("auto", "mvtec", "folders", "classes", "idx")
+
+
+class DataError(Exception):
+    """A dataset we cannot use: missing folder, empty, unreadable layout. One line."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image: a file path, or (IDX file, index). label 0 = normal, 1 = anomalous."""
+
+    source: str
+    index: int = -1
+    label: int = 0
+    kind: str = "good"
+    cls: str = ""
+    mask: Optional[str] = None
+
+
+@dataclass
+class Splits:
+    """Preprocessed arrays (N, H, W, C) float32 for every split, plus what went in."""
+
+    x_train: np.ndarray
+    x_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    test_kinds: List[str]
+    summary: Dict[str, Any]
+    train_classes: List[str] = field(default_factory=list)
+    test_classes: List[str] = field(default_factory=list)
+    masks_test: Optional[np.ndarray] = None
+    x_calib_anomalies: Optional[np.ndarray] = None
+    items_test: List[Item] = field(default_factory=list)
+
+
+def dataset_spec(
+    path: str,
+    layout: str = "auto",
+    anomalies: Optional[str] = None,
+    normal_classes: Optional[Sequence[str]] = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    calib_anomaly_fraction: float = 0.0,
+    seed: int = 0,
+    max_train: Optional[int] = None,
+) -> Dict[str, Any]:
+    """The JSON-able description of a dataset and its split; validated here (DataError)."""
+    root = Path(path)
+    if not root.exists():
+        raise DataError(f"data not found: {path}")
+    if layout not in LAYOUTS:
+        raise DataError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if anomalies is not None and not Path(anomalies).is_dir():
+        raise DataError(f"anomaly folder not found: {anomalies}")
+    for name, v in (("val_fraction", val_fraction), ("test_fraction", test_fraction),
+                    ("calib_anomaly_fraction", calib_anomaly_fraction)):
+        if not 0.0 <= v < 1.0:
+            raise DataError(f"{name} must be in [0, 1), got {v}")
+    if layout == "auto":
+        layout = detect_layout(root)
+    return {
+        "path": str(root.resolve()),
+        "layout": layout,
+        "anomalies": str(Path(anomalies).resolve()) if anomalies else None,
+        "normal_classes": [str(c) for c in normal_classes] if normal_classes else None,
+        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
+        "calib_anomaly_fraction": calib_anomaly_fraction,
+        "seed": seed,
+        "max_train": max_train,
+    }
+
+
+def detect_layout(root: Path) -> str:
+    if root.is_file() or any(p.name.endswith(("idx3-ubyte", "idx3-ubyte.gz")) for p in root.iterdir()):
+        return "idx"
+    if (root / "train" / "good").is_dir():
+        return "mvtec"
+    if (root / "train").is_dir() and any(p.is_dir() for p in (root / "train").iterdir()):
+        return "classes"
+    return "folders"
+
+
+# -- listing items ----------------------------------------------------------------------------
+
+
+def _files(folder: Path) -> List[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def _list_mvtec(root: Path) -> Tuple[List[Item], List[Item]]:
+    train = [Item(str(p)) for p in _files(root / "train" / "good")]
+    test: List[Item] = []
+    for d in sorted(p for p in (root / "test").iterdir() if p.is_dir()) if (root / "test").is_dir() else []:
+        for p in _files(d):
+            mask = root / "ground_truth" / d.name / f"{p.stem}_mask.png"
+            test.append(Item(str(p), label=int(d.name != "good"), kind=d.name,
+                             mask=str(mask) if mask.is_file() else None))
+    return train, test
+
+
+def _list_classes(root: Path, normal: Optional[Sequence[str]]) -> Tuple[List[Item], List[Item]]:
+    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    normal_set = set(normal) if normal else set(classes)
+    unknown = normal_set - set(classes)
+    if unknown:
+        raise DataError(f"normal class(es) {sorted(unknown)} not found under {root / 'train'}")
+    train = [Item(str(p), cls=c) for c in classes if c in normal_set for p in _files(root / "train" / c)]
+    test = []
+    if (root / "test").is_dir():
+        for d in sorted(p for p in (root / "test").iterdir() if p.is_dir()):
+            bad = d.name not in normal_set
+            test += [Item(str(p), label=int(bad), kind=d.name if bad else "good", cls=d.name) for p in _files(d)]
+    return train, test
+
+
+def _idx_files(root: Path) -> Dict[str, Path]:
+    names = {}
+    for p in ([root] if root.is_file() else root.iterdir()):
+        n = p.name
+        split = "test" if n.startswith(("t10k", "test")) else "train"
+        what = "images" if "idx3" in n else "labels" if "idx1" in n else None
+        if what:
+            names[f"{split}_{what}"] = p
+    return names
+
+
+@lru_cache(maxsize=8)
+def read_idx(path: str) -> np.ndarray:
+    """An IDX file (optionally gzip) as a numpy array (uint8 images or labels)."""
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+        zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+        if zero != 0 or dtype != 0x08:
+            raise DataError(f"{path}: not an unsigned-byte IDX file")
+        shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+        arr = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
+        if arr.size != int(np.prod(shape)):
+            raise DataError(f"{path}: truncated IDX file ({arr.size} of {int(np.prod(shape))} bytes)")
+        return arr.reshape(shape)
+    except (OSError, EOFError, struct.error) as e:
+        raise DataError(f"{path}: unreadable IDX file ({e})") from None
+
+
+def _list_idx(root: Path, normal: Optional[Sequence[str]]) -> Tuple[List[Item], List[Item]]:
+    f = _idx_files(root)
+    if "train_images" not in f:
+        raise DataError(f"{root}: no *idx3-ubyte[.gz] training images")
+    normal_set = set(normal) if normal else None
+    items: Dict[str, List[Item]] = {"train": [], "test": []}
+    for split in ("train", "test"):
+        if f"{split}_images" not in f:
+            continue
+        n = read_idx(str(f[f"{split}_images"])).shape[0]
+        labels = read_idx(str(f[f"{split}_labels"])) if f"{split}_labels" in f else None
+        for i in range(n):
+            c = str(int(labels[i])) if labels is not None else ""
+            bad = normal_set is not None and c not in normal_set
+            if split == "train" and bad:
+                continue  # training sees normals only
+            items[split].append(Item(str(f[f"{split}_images"]), i, int(bad), f"class_{c}" if bad else "good", c))
+    return items["train"], items["test"]
+
+
+def list_items(spec: Dict[str, Any]) -> Tuple[List[Item], List[Item]]:
+    """(train normals, test items) as the layout describes them, before the split."""
+    root, layout = Path(spec["path"]), spec["layout"]
+    if layout == "mvtec":
+        train, test = _list_mvtec(root)
+    elif layout == "classes":
+        train, test = _list_classes(root, spec.get("normal_classes"))
+    elif layout == "idx":
+        train, test = _list_idx(root, spec.get("normal_classes"))
+    else:
+        train, test = [Item(str(p)) for p in _files(root)], []
+        if spec.get("anomalies"):
+            test = [Item(str(p), label=1, kind=Path(spec["anomalies"]).name) for p in _files(Path(spec["anomalies"]))]
+    if not train:
+        raise DataError(f"no training images found in {root} (layout {layout})")
+    return train, test
+
+
+def split_items(spec: Dict[str, Any]) -> Dict[str, List[Item]]:
+    """Train / validation / test (and calibration anomalies) items, reproducible from spec['seed']."""
+    train, test = list_items(spec)
+    rng = np.random.default_rng(spec["seed"])
+    order = rng.permutation(len(train))
+    train = [train[i] for i in order]
+    has_test_normals = any(it.label == 0 for it in test)
+    n_test = 0 if has_test_normals or not test else int(round(spec["test_fraction"] * len(train)))
+    n_val = max(1, int(round(spec["val_fraction"] * len(train))))
+    if len(train) - n_test - n_val < 1:
+        raise DataError(f"only {len(train)} training images: too few to hold out validation and test splits")
+    test = train[:n_test] + test
+    val = train[n_test : n_test + n_val]
+    train = train[n_test + n_val :]
+    if spec.get("max_train"):
+        train = train[: spec["max_train"]]
+    calib: List[Item] = []
+    frac = spec.get("calib_anomaly_fraction") or 0.0
+    if frac > 0:
+        anomalies = [i for i, it in enumerate(test) if it.label == 1]
+        pick = set(rng.permutation(anomalies)[: int(round(frac * len(anomalies)))].tolist())
+        calib = [test[i] for i in sorted(pick)]
+        test = [it for i, it in enumerate(test) if i not in pick]
+    return {"train": train, "val": val, "test": test, "calib": calib}
+
+
+# -- loading pixels -----------------------------------------------------------------------------
+
+
+def _pixels(item: Item) -> Any:
+    if item.index >= 0:
+        return read_idx(item.source)[item.index]
+    return item.source
+
+
+def load_items(items: Sequence[Item], pre: Preprocess, desc: str = "") -> Tuple[np.ndarray, List[int], List[str]]:
+    """Preprocess items into (N, H, W, C); bad files are skipped with a warning naming each one.
+
+    Returns the array, the indices of the items kept and the skipped file names.
+    """
+    out = np.empty((len(items), *pre.shape), np.float32)
+    kept: List[int] = []
+    skipped: List[str] = []
+    for i, it in enumerate(_progress(items, desc)):
+        if it.index < 0 and Path(it.source).suffix.lower() not in IMAGE_SUFFIXES:
+            log.warning("skipped %s: not an image file", it.source)
+            skipped.append(it.source)
+            continue
+        try:
+            out[len(kept)] = pre(_pixels(it))
+        except ImageError as e:
+            log.warning("skipped %s: %s", it.source, e)
+            skipped.append(it.source)
+            continue
+        kept.append(i)
+    return out[: len(kept)], kept, skipped
+
+
+def load_masks(items: Sequence[Item], pre: Preprocess) -> Optional[np.ndarray]:
+    """Ground-truth masks resized like the images (nearest), (N, H, W) bool; None if no item has one."""
+    if not any(it.mask for it in items):
+        return None
+    mask_pre = Preprocess(pre.size, "gray", pre.roi, "nearest", 1 / 255.0, 0.0, draft=False)
+    return np.stack([
+        mask_pre(it.mask)[..., 0] > 0.5 if it.mask else np.zeros(pre.size, bool) for it in items
+    ])
+
+
+def _progress(items: Sequence[Any], desc: str):
+    if len(items) < 500 or not desc:
+        return items
+    try:
+        from tqdm import tqdm
+
+        return tqdm(items, desc=desc, unit="img", leave=False)
+    except ImportError:
+        return items
+
+
+def content_hash(items: Sequence[Item]) -> str:
+    """SHA-256 over every file's bytes (IDX files once), in a fixed order: the data's identity."""
+    h = hashlib.sha256()
+    for src in sorted({it.source for it in items}):
+        h.update(src.rsplit("/", 1)[-1].encode())
+        with open(src, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def rebuild_splits(spec: Dict[str, Any], pre: Preprocess, with_test: bool = True) -> Splits:
+    """Load every split that ``spec`` describes, preprocessed with ``pre``. Raises DataError if empty."""
+    parts = split_items(spec)
+    x_train, kept_tr, skip_tr = load_items(parts["train"], pre, "train")
+    x_val, _, skip_val = load_items(parts["val"], pre, "validation")
+    test_items = parts["test"] if with_test else []
+    x_test, kept_te, skip_te = load_items(test_items, pre, "test")
+    test_items = [test_items[i] for i in kept_te]
+    x_cal, _, skip_cal = load_items(parts["calib"], pre, "calibration")
+    if len(x_train) == 0:
+        raise DataError(f"no readable training images in {spec['path']}")
+    if len(x_val) == 0:
+        raise DataError(f"no readable validation images in {spec['path']}")
+    skipped = skip_tr + skip_val + skip_te + skip_cal
+    y = np.array([it.label for it in test_items], np.int64)
+    summary = {
+        "folder": spec["path"],
+        "layout": spec["layout"],
+        "counts": {
+            "train": len(x_train),
+            "val": len(x_val),
+            "test_normal": int((y == 0).sum()),
+            "test_anomalous": int((y == 1).sum()),
+            "calib_anomalous": len(x_cal),
+            "skipped": len(skipped),
+        },
+        "skipped_files": skipped[:50],
+        "content_sha256": content_hash(parts["train"] + parts["val"] + parts["test"] + parts["calib"]),
+    }
+    return Splits(
+        x_train=x_train,
+        x_val=x_val,
+        x_test=x_test,
+        y_test=y,
+        test_kinds=[it.kind for it in test_items],
+        summary=summary,
+        train_classes=[parts["train"][i].cls for i in kept_tr],
+        test_classes=[it.cls for it in test_items],
+        masks_test=load_masks(test_items, pre) if test_items else None,
+        x_calib_anomalies=x_cal if len(x_cal) else None,
+        items_test=test_items,
+    )

@@ -1,0 +1,135 @@
+"""The evaluation report folder: metrics.json and PNG plots people would rather look at than read.
+
+- ``histogram.png``: normal vs anomalous scores with the threshold line
+- ``roc.png``: the ROC curve with its AUROC
+- ``worst_normals.png`` / ``hidden_anomalies.png``: the highest-scored normals and the
+  lowest-scored anomalies, each over its heatmap overlay
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Union
+
+import numpy as np
+
+from edge_detect.preprocess import Preprocess
+
+from .metrics import roc_curve
+
+GRID_N = 8  # images per grid
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def histogram(val_scores: np.ndarray, test_scores: np.ndarray, labels: np.ndarray, threshold: float,
+              out: Path) -> Path:
+    """Score histogram: validation normals, test normals, test anomalies, and the threshold line."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    allv = np.concatenate([val_scores, test_scores, [threshold]])
+    bins = np.linspace(allv.min(), np.quantile(allv, 0.995) * 1.05 + 1e-12, 60)
+    ax.hist(val_scores, bins, alpha=0.5, label=f"validation normal ({len(val_scores)})", color="tab:blue")
+    if len(test_scores):
+        y = np.asarray(labels).astype(bool)
+        ax.hist(test_scores[~y], bins, alpha=0.5, label=f"test normal ({(~y).sum()})", color="tab:green")
+        ax.hist(test_scores[y], bins, alpha=0.5, label=f"test anomalous ({y.sum()})", color="tab:red")
+    ax.axvline(threshold, color="k", ls="--", label=f"threshold {threshold:.4g}")
+    ax.set_xlabel("anomaly score")
+    ax.set_ylabel("images")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def roc_plot(scores: np.ndarray, labels: np.ndarray, out: Path, auroc: Optional[float]) -> Path:
+    plt = _plt()
+    fpr, tpr, _ = roc_curve(scores, labels)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=110)
+    ax.plot(fpr, tpr, lw=2, label=f"AUROC {auroc:.4f}" if auroc is not None else None)
+    ax.plot([0, 1], [0, 1], color="0.7", ls=":")
+    ax.set_xlabel("false-positive rate (normals flagged)")
+    ax.set_ylabel("true-positive rate (anomalies caught)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def heatmap_grid(xs: np.ndarray, maps: np.ndarray, threshold: float, captions: Sequence[str],
+                 out: Union[str, Path], pre: Optional[Preprocess] = None, cols: int = 8,
+                 masks: Optional[np.ndarray] = None) -> Path:
+    """A report grid PNG: per image its input over its heatmap overlay (with region boxes), captioned.
+
+    For the evaluation report's worst-scored normals / best-hidden anomalies. xs (N, H, W, C) model
+    inputs, maps (N, H, W) pixel maps, threshold in map units; masks (N, H, W) outline ground truth
+    in green where given.
+    """
+    from PIL import Image, ImageDraw
+
+    from edge_detect.heatmap import draw_boxes, overlay, regions, to_uint8_image
+
+    pre = pre or Preprocess(size=tuple(xs.shape[1:3]), color="gray" if xs.shape[3] == 1 else "rgb")
+    n = len(xs)
+    if n == 0:
+        raise ValueError("no images for the heatmap grid")
+    h, w = xs.shape[1:3]
+    cap = 12  # px of caption under each tile
+    cols = min(cols, n)
+    rows = (n + cols - 1) // cols
+    sheet = Image.new("RGB", (cols * (w + 4), rows * (2 * h + cap + 6)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for i in range(n):
+        img = to_uint8_image(xs[i], pre.scale, pre.offset)
+        ov = draw_boxes(overlay(img, maps[i], threshold), regions(maps[i], threshold))
+        if masks is not None and masks[i].any():
+            m = masks[i].astype(bool)
+            p = np.pad(m, 1, mode="edge")
+            inner = p[2:, 1:-1] & p[:-2, 1:-1] & p[1:-1, 2:] & p[1:-1, :-2]
+            ov[m & ~inner] = (0, 255, 0)  # the mask's outline
+        r, c = divmod(i, cols)
+        x0, y0 = c * (w + 4) + 2, r * (2 * h + cap + 6) + 2
+        sheet.paste(Image.fromarray(img), (x0, y0))
+        sheet.paste(Image.fromarray(ov), (x0, y0 + h))
+        draw.text((x0, y0 + 2 * h), str(captions[i])[: max(4, w // 6)], fill=(0, 0, 0))
+    out = Path(out)
+    sheet.save(out)
+    return out
+
+
+def write_report(out_dir: Path, metrics: Dict[str, Any], val_scores: np.ndarray, test_scores: np.ndarray,
+                 splits: Any, threshold: float, maps: Optional[np.ndarray] = None,
+                 pre: Optional[Preprocess] = None) -> Path:
+    """Write metrics.json and every plot that the data allows into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(
+        {k: v for k, v in metrics.items() if k != "scores"}, indent=2) + "\n")
+    y = np.asarray(splits.y_test).astype(bool)
+    histogram(np.asarray(val_scores), np.asarray(test_scores), y, threshold, out_dir / "histogram.png")
+    if len(test_scores) and y.any() and (~y).any():
+        roc_plot(test_scores, y, out_dir / "roc.png", metrics.get("auroc"))
+    if maps is None or not len(test_scores):
+        return out_dir
+    pix_thr = float(np.quantile(maps[~y], 0.999)) if (~y).any() else float(np.quantile(maps, 0.99))
+    for name, sel, reverse in (("worst_normals", ~y, True), ("hidden_anomalies", y, False)):
+        idx = np.nonzero(sel)[0]
+        if not len(idx):
+            continue
+        idx = idx[np.argsort(test_scores[idx])]
+        idx = (idx[::-1] if reverse else idx)[:GRID_N]
+        masks = splits.masks_test[idx] if getattr(splits, "masks_test", None) is not None else None
+        caps = [f"{splits.test_kinds[i][:8]} {test_scores[i]:.3g}" for i in idx]
+        heatmap_grid(splits.x_test[idx], maps[idx], pix_thr, caps, out_dir / f"{name}.png", pre, masks=masks)
+    return out_dir

@@ -1,0 +1,275 @@
+"""Fit an autoencoder on normal images, calibrate its threshold, evaluate it, write the run directory.
+
+RUN_DIR/model.keras (best checkpoint), RUN_DIR/run.json (everything needed to rebuild the data
+and score), RUN_DIR/report/ (metrics.json + PNG plots).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from edge_detect.preprocess import Preprocess
+from edge_detect.scoring import ReconstructionScorer, Scorer, scorer_from_dict
+
+from . import calibrate as cal
+from .data import Splits, rebuild_splits
+from .metrics import evaluate
+
+log = logging.getLogger(__name__)
+NOISES = ("gaussian", "salt_pepper", "speckle")
+
+
+@dataclass
+class FitConfig:
+    """What ``edge-train fit`` trains. Sizes in px, learning rate per step, strength in 0..1 units."""
+
+    family: str = "plain"
+    input_size: int = 64
+    color: str = "gray"
+    roi: Optional[Tuple[int, int, int, int]] = None
+    resize: str = "bilinear"
+    epochs: int = 30
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    seed: int = 0
+    score: str = "mse"
+    smooth: int = 5
+    calibration: str = "mu_k_sigma"
+    k: float = 3.0
+    q: float = 0.99
+    far: float = 0.01
+    noise: str = "gaussian"
+    noise_strength: float = 0.1
+    patience: int = 0
+    model_params: Dict[str, Any] = field(default_factory=dict)
+
+    def preprocess(self) -> Preprocess:
+        return Preprocess((self.input_size, self.input_size), self.color, self.roi, self.resize)
+
+
+@dataclass
+class Run:
+    """A loaded run directory: the Keras model plus what it needs to score."""
+
+    path: Path
+    model: Any
+    preprocess: Preprocess
+    scorer: Scorer
+    dataset: Dict[str, Any]
+    calibration: Dict[str, Any]
+    info: Dict[str, Any]
+    family: str = "autoencoder"
+
+
+def add_noise(x, kind: str, strength: float, seed: Optional[int] = None):
+    """The denoising family's input corruption (TensorFlow ops, runs inside tf.data)."""
+    import tensorflow as tf
+
+    if kind == "gaussian":
+        noisy = x + tf.random.normal(tf.shape(x), stddev=strength, seed=seed)
+    elif kind == "salt_pepper":
+        u = tf.random.uniform(tf.shape(x), seed=seed)
+        noisy = tf.where(u < strength / 2, 0.0, tf.where(u > 1 - strength / 2, 1.0, x))
+    elif kind == "speckle":
+        noisy = x * (1.0 + tf.random.normal(tf.shape(x), stddev=strength, seed=seed))
+    else:
+        raise ValueError(f"noise must be one of {NOISES}, got {kind!r}")
+    return tf.clip_by_value(noisy, 0.0, 1.0)
+
+
+def predict(model: Any, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Reconstructions of (N, H, W, C) with a Keras model, without Keras' per-call overhead."""
+    if len(x) == 0:
+        return np.empty_like(x)
+    return np.concatenate([np.asarray(model(x[i : i + batch_size], training=False))
+                           for i in range(0, len(x), batch_size)])
+
+
+def score_keras(model: Any, scorer: Scorer, x: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Scores and error maps of a Keras model through the device's own scorer."""
+    if len(x) == 0:
+        return np.empty(0, np.float32), None
+    return scorer(x, predict(model, x))
+
+
+def tool_versions() -> Dict[str, str]:
+    import keras
+    import tensorflow as tf
+
+    from edge_detect import __version__
+
+    return {"edge_detect": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def fit(spec: Dict[str, Any], cfg: FitConfig, out_dir: Path, verbose: int = 1,
+        splits: Optional[Splits] = None) -> Dict[str, Any]:
+    """Train, calibrate, evaluate and write RUN_DIR. Ctrl-C stops training and keeps the best checkpoint."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+
+    from .models import build_model, loss_for
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(cfg.seed)
+    pre = cfg.preprocess()
+    t0 = time.perf_counter()
+    splits = splits or rebuild_splits(spec, pre)
+    t_data = time.perf_counter() - t0
+
+    params = {**cfg.model_params}
+    model = build_model(cfg.family, pre.shape, **params)
+    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss_for(cfg.family))
+    ds = tf.data.Dataset.from_tensor_slices(splits.x_train).shuffle(len(splits.x_train), seed=cfg.seed)
+    ds = ds.batch(cfg.batch_size)
+    if cfg.family == "denoising":
+        ds = ds.map(lambda b: (add_noise(b, cfg.noise, cfg.noise_strength), b))
+    else:
+        ds = ds.map(lambda b: (b, b))
+    ds = ds.prefetch(2)
+    ckpt = out_dir / "model.keras"
+    callbacks = [keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_loss", save_best_only=True, verbose=0)]
+    if cfg.patience:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience))
+    history: Dict[str, list] = {}
+    interrupted = False
+    t1 = time.perf_counter()
+    try:
+        h = model.fit(ds, validation_data=(splits.x_val, splits.x_val), epochs=cfg.epochs,
+                      callbacks=callbacks, verbose=verbose)
+        history = {k: [float(v) for v in vs] for k, vs in h.history.items()}
+    except KeyboardInterrupt:
+        interrupted = True
+        log.warning("interrupted: keeping the best checkpoint so far")
+        if not ckpt.exists():
+            raise
+    t_train = time.perf_counter() - t1
+    model = keras.models.load_model(ckpt, compile=False)
+
+    scorer = ReconstructionScorer(cfg.score, cfg.smooth)
+    val_scores, _ = score_keras(model, scorer, splits.x_val)
+    calib_anom = None
+    if splits.x_calib_anomalies is not None:
+        calib_anom = score_keras(model, scorer, splits.x_calib_anomalies)[0]
+    calibration = cal.calibrate(val_scores, cfg.calibration, calib_anom, cfg.k, cfg.q, cfg.far)
+    test_scores, test_maps = score_keras(model, scorer, splits.x_test)
+    metrics = evaluate_scores(splits, test_scores, test_maps, calibration["threshold"])
+
+    info = {
+        "family": "autoencoder",
+        "model": cfg.family,
+        "model_params": {**params, "input_shape": list(pre.shape)},
+        "config": {k: v for k, v in cfg.__dict__.items() if k != "model_params"},
+        "preprocess": pre.to_dict(),
+        "scoring": scorer.to_dict(),
+        "dataset": spec,
+        "data_summary": splits.summary,
+        "calibration": calibration,
+        "metrics": metrics,
+        "history": history,
+        "interrupted": interrupted,
+        "timing_s": {"load_data": round(t_data, 2), "train": round(t_train, 2)},
+        "parameters": int(model.count_params()),
+        "tools": tool_versions(),
+    }
+    write_run_json(out_dir, info)
+    from .report import write_report
+
+    write_report(out_dir / "report", metrics, val_scores, test_scores, splits, calibration["threshold"], test_maps)
+    return info
+
+
+def evaluate_scores(splits: Splits, scores: np.ndarray, maps: Optional[np.ndarray], threshold: float) -> Dict:
+    """Image metrics (+ pixel metrics where masks exist) of test scores."""
+    if len(scores) == 0:
+        return {}
+    m = evaluate(scores, splits.y_test, threshold, splits.test_kinds)
+    if splits.masks_test is not None and maps is not None:
+        from .pixel_metrics import pixel_metrics
+
+        m["pixel"] = pixel_metrics(maps, splits.masks_test)
+    return m
+
+
+def write_run_json(out_dir: Path, info: Dict[str, Any]) -> None:
+    tmp = out_dir / "run.json.part"
+    tmp.write_text(json.dumps(info, indent=2, default=_json_default) + "\n")
+    os.replace(tmp, out_dir / "run.json")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    if isinstance(o, (tuple, np.ndarray)):
+        return list(o)
+    return str(o)
+
+
+def load_run(run_dir: Path) -> Run:
+    """Read RUN_DIR/run.json and RUN_DIR/model.keras."""
+    import keras
+
+    run_dir = Path(run_dir)
+    info = json.loads((run_dir / "run.json").read_text())
+    model = keras.models.load_model(run_dir / "model.keras", compile=False)
+    return Run(
+        path=run_dir,
+        model=model,
+        preprocess=Preprocess.from_dict(info["preprocess"]),
+        scorer=scorer_from_dict(info["scoring"]),
+        dataset=info["dataset"],
+        calibration=info["calibration"],
+        info=info,
+        family=info.get("family", "autoencoder"),
+    )
+
+
+def evaluate_run(
+    run_dir: Path,
+    spec: Optional[Dict[str, Any]] = None,
+    bundle: Optional[Path] = None,
+    variant: Optional[str] = None,
+    report: bool = True,
+) -> Dict[str, Any]:
+    """Metrics of a run (Keras model) or of one of its bundle's variants (device code) on a dataset.
+
+    spec: the dataset to evaluate on (default: the run's own held-out split).
+    """
+    run = load_run(run_dir)
+    spec = spec or run.dataset
+    if bundle is not None:
+        from edge_detect.detector import Detector
+
+        det = Detector(bundle, variant=variant)
+        splits = rebuild_splits(spec, det.preprocess)
+        scores, maps, _ = det.infer(splits.x_test)
+        val_scores = det.infer(splits.x_val)[0]
+        threshold = det.threshold
+        where = f"bundle {bundle} variant {det.variant}"
+    else:
+        splits = rebuild_splits(spec, run.preprocess)
+        scores, maps = score_keras(run.model, run.scorer, splits.x_test)
+        val_scores = score_keras(run.model, run.scorer, splits.x_val)[0]
+        threshold = run.calibration["threshold"]
+        where = f"run {run_dir} (Keras float32)"
+    metrics = evaluate_scores(splits, scores, maps, threshold)
+    metrics["evaluated"] = where
+    metrics["scores"] = {"test": [float(s) for s in scores], "labels": splits.y_test.tolist()}
+    if report:
+        from .report import write_report
+
+        name = f"report-{det.variant}" if bundle is not None else "report"
+        write_report(Path(run_dir) / name, metrics, val_scores, scores, splits, threshold, maps)
+    return metrics
+
