@@ -141,14 +141,14 @@ def daemon_cmd(config: Path) -> List[str]:
     return [*base, "run", "--config", str(config)]
 
 
-def _wait_event(sub: Subscriber, captured_ms: int, timeout: float) -> Optional[Tuple[float, dict, int]]:
+def _wait_event(sub: Subscriber, captured_ms: int, timeout: float) -> Optional[Tuple[float, dict, List[dict]]]:
     """The event whose ``captured_at_ms`` is ``captured_ms`` (+-1 ms rounding): (receipt time, event, others seen).
 
     Events for other captures (there should be none) are counted, not matched, so a stray or
     duplicate event can never pair with the wrong file.
     """
     deadline = time.monotonic() + timeout
-    skipped = 0
+    skipped: List[dict] = []
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -159,7 +159,7 @@ def _wait_event(sub: Subscriber, captured_ms: int, timeout: float) -> Optional[T
             return None
         if abs(int(ev.get("captured_at_ms", -10)) - captured_ms) <= 1:
             return t_recv, ev, skipped
-        skipped += 1
+        skipped.append({k: ev.get(k) for k in ("event_id", "captured_at_ms", "published_at_ms")})
 
 
 def run_profile(name: str, watch: Dict[str, float], bundle: Path, images: int, gap: float, threads: int,
@@ -170,7 +170,9 @@ def run_profile(name: str, watch: Dict[str, float], bundle: Path, images: int, g
     inbox.mkdir()
     samples: List[float] = []
     stages: Dict[str, List[float]] = {}
-    missed = others = 0
+    missed = 0
+    others: List[dict] = []
+    matched: List[dict] = []
     daemon: Optional[subprocess.Popen] = None
     sub: Optional[Subscriber] = None
     try:
@@ -198,6 +200,7 @@ def run_profile(name: str, watch: Dict[str, float], bundle: Path, images: int, g
                     continue
                 t_recv, ev, skipped = got
                 others += skipped
+                matched.append({k: ev.get(k) for k in ("event_id", "captured_at_ms", "published_at_ms")})
                 if i == 0:
                     continue
                 samples.append((t_recv - t_land) * 1e3)
@@ -217,10 +220,14 @@ def run_profile(name: str, watch: Dict[str, float], bundle: Path, images: int, g
     st = common.latency_summary(samples)
     return {
         "row": {"profile": name, "settle_s": watch["settle"], "poll_s": watch["poll_interval"],
-                "n": st["n"], "missed": missed, "other_events": others, "p50_ms": st.get("p50"),
+                "n": st["n"], "missed": missed, "other_events": len(others), "p50_ms": st.get("p50"),
                 "p99_ms": st.get("p99"), "max_ms": st.get("max"), **_split(st.get("p50"), stages)},
         "stages_median_ms": {k: round(float(np.median(v)), 3) for k, v in stages.items()},
         "samples_ms": samples,
+        # Events that matched no file just dropped: a repeat of a matched id is an MQTT redelivery.
+        "other_events": [{**o, "index_of_matched": next((i for i, m in enumerate(matched)
+                                                         if m["event_id"] == o["event_id"]), None),
+                          "same_payload": any(m == o for m in matched)} for o in others],
     }
 
 

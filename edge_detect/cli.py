@@ -313,3 +313,32 @@ def bundle_list(store: str) -> None:
 
     s = BundleStore(store)
     click.echo(json.dumps({"current": s.current(), "previous": s.previous(), "versions": s.versions()}))
+
+
+@main.command()
+@click.option("--broker", help="host[:port] of an MQTT broker to use instead of the embedded one.")
+@click.option("--embedded", type=click.Choice(["auto", "mosquitto", "amqtt"]), default="auto", show_default=True,
+              help="Embedded broker: mosquitto when installed, else amqtt (the demo extra).")
+@click.option("--bundle", type=click.Path(exists=True), help="Another bundle (default: the shipped casting model).")
+@click.option("--samples", "sample_dir", type=click.Path(exists=True, file_okay=False),
+              help="Another sample folder with good/ and defect/ (default: the shipped casting photos).")
+@click.option("--interval", type=click.FloatRange(0), default=0.15, show_default=True,
+              help="Seconds between two captures.")
+def demo(broker: Optional[str], embedded: str, bundle: Optional[str], sample_dir: Optional[str],
+         interval: float) -> None:
+    """Run the whole device path on this machine: sample captures -> daemon -> MQTT -> alerts.
+
+    Everything has an embedded default: the casting model and sample photos shipped in the
+    package, and an MQTT broker. Ends with frames, alerts and accuracy against the samples' labels.
+    """
+    from pathlib import Path
+
+    from .demo import run_demo
+
+    logging.getLogger("edge_detect").setLevel(logging.WARNING)
+    try:
+        r = run_demo(broker=broker, embedded=embedded, bundle=Path(bundle) if bundle else None,
+                     sample_dir=Path(sample_dir) if sample_dir else None, interval=interval, echo=click.echo)
+    except (RuntimeError, FileNotFoundError, ConnectionError, ValueError) as e:
+        raise UserError(str(e)) from None
+    click.echo(r.summary())

@@ -360,10 +360,11 @@ class Publisher:
             except (RuntimeError, ValueError):
                 pass  # lost connection meanwhile: the broker publishes the last will instead
         self._gone.clear()
-        self.client.disconnect()
+        sent = self.client.disconnect() == mqtt.MQTT_ERR_SUCCESS
         # Wait for paho to write the DISCONNECT: loop_stop() at once can drop it, and the broker
         # would then treat the stop as a crash.
-        self._gone.wait(2.0)
+        if sent:
+            self._gone.wait(2.0)
         self.client.loop_stop()
         with self._cv:
             late, self._acked = self._acked, []

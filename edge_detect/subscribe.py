@@ -133,10 +133,11 @@ class AlertSubscriber:
             _, self._barrier_mid = self.client.unsubscribe(f"{self.prefix}/$barrier/none")
             self._barrier.wait(2.0)
         self._gone.clear()
-        self.client.disconnect()
+        sent = self.client.disconnect() == mqtt.MQTT_ERR_SUCCESS
         # loop_stop() right after disconnect() can end the network thread before it wrote the
         # queued packets; the broker would then replay unacknowledged events to the session.
-        self._gone.wait(2.0)
+        if sent:
+            self._gone.wait(2.0)
         self.client.loop_stop()
 
     def run(self, count: Optional[int] = None, timeout: Optional[float] = None, grace_s: float = 2.0) -> int:

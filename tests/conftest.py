@@ -27,3 +27,101 @@ def tiny_bundle(tmp_path_factory):
     from tiny_bundle import build_tiny_bundle
 
     return build_tiny_bundle(tmp_path_factory.mktemp("tiny") / "bundle", size=32)
+
+
+# --- training: tiny generated datasets (never /work/shared, never a download) ---------------------
+def _normal_image(rng, size: int):
+    """A smooth horizontal gradient with mild noise: an easy 'good part' an autoencoder learns fast."""
+    import numpy as np
+
+    base = np.tile(np.linspace(60, 190, size), (size, 1))
+    return np.clip(base + rng.normal(0, 3, (size, size)), 0, 255).astype("uint8")
+
+
+def _defect_image(rng, size: int):
+    """A normal image with a bright square 'defect'; returns (image, mask)."""
+    import numpy as np
+
+    img = _normal_image(rng, size)
+    mask = np.zeros((size, size), "uint8")
+    s = max(3, size // 4)
+    y, x = rng.integers(0, size - s, 2)
+    img[y : y + s, x : x + s] = 255
+    mask[y : y + s, x : x + s] = 255
+    return img, mask
+
+
+def write_mvtec(root, size: int = 32, n_train: int = 40, n_test_good: int = 8, n_defect: int = 8,
+                bad_files: bool = True, seed: int = 0):
+    """An MVTec AD layout of gray PNGs: train/good, test/good, test/square (+ ground_truth masks).
+
+    bad_files adds a truncated PNG and a text file to train/good, which loading must skip and count.
+    """
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for d in ("train/good", "test/good", "test/square", "ground_truth/square"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for i in range(n_train):
+        Image.fromarray(_normal_image(rng, size)).save(root / "train/good" / f"{i:03d}.png")
+    for i in range(n_test_good):
+        Image.fromarray(_normal_image(rng, size)).save(root / "test/good" / f"{i:03d}.png")
+    for i in range(n_defect):
+        img, mask = _defect_image(rng, size)
+        Image.fromarray(img).save(root / "test/square" / f"{i:03d}.png")
+        Image.fromarray(mask).save(root / "ground_truth/square" / f"{i:03d}_mask.png")
+    if bad_files:
+        good = (root / "train/good" / "000.png").read_bytes()
+        (root / "train/good" / "truncated.png").write_bytes(good[: len(good) // 2])
+        (root / "train/good" / "notes.txt").write_text("not an image\n")
+    return root
+
+
+def write_idx(root, n_train: int = 60, n_test: int = 30, size: int = 16, seed: int = 0):
+    """MNIST-style gzip IDX files: label 1 = a vertical bar (normal), labels 0/7 = other shapes."""
+    import gzip
+    import struct
+    from pathlib import Path
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+
+    def digit(label: int):
+        a = np.zeros((size, size), np.uint8)
+        c = size // 2 + int(rng.integers(-1, 2))
+        if label == 1:
+            a[2:-2, c - 1 : c + 1] = 255
+        elif label == 7:
+            a[2:4, 3:-3] = 255
+            a[2:-2, c : c + 2] = 255
+        else:
+            a[3:-3, 3:5] = a[3:-3, -5:-3] = a[3:5, 3:-3] = a[-5:-3, 3:-3] = 255
+        return a
+
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.array([1 if i % 2 == 0 else (0, 7)[(i // 2) % 2] for i in range(n)], np.uint8)
+        images = np.stack([digit(int(v)) for v in labels])
+        with gzip.open(root / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">HBB3I", 0, 8, 3, n, size, size) + images.tobytes())
+        with gzip.open(root / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">HBBI", 0, 8, 1, n) + labels.tobytes())
+    return root
+
+
+@_pytest.fixture
+def mvtec_dir(tmp_path):
+    """A tiny MVTec-layout folder (32x32 gray PNGs, one truncated PNG and one text file among the normals)."""
+    return write_mvtec(tmp_path / "mvtec")
+
+
+@_pytest.fixture
+def idx_dir(tmp_path):
+    """Tiny MNIST-style gzip IDX files, 16x16, labels 1 (normal), 0 and 7."""
+    return write_idx(tmp_path / "idx")

@@ -43,41 +43,52 @@ def _x(imgs) -> np.ndarray:
     return np.stack(imgs)[..., None].astype(np.float32) / np.float32(255.0)
 
 
+NAMES = ["square", "ring", "bar"]  # generator kinds 0, 1, 2
+
+
+def _write_dataset(root: Path, rng: np.random.Generator) -> None:
+    """Class-folder layout: train/<class>/ (normals), test/<class>/ and test/odd/ (anomalous)."""
+    for split, n in (("train", 66), ("test", 8)):
+        for k, name in enumerate(NAMES):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(shape_image(rng, k), "L").save(root / split / name / f"{i}.png")
+    (root / "test" / "odd").mkdir()
+    for i in range(8):
+        Image.fromarray(odd_image(rng), "L").save(root / "test" / "odd" / f"{i}.png")
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from edge_detect.preprocess import Preprocess
-    from training import export as E
+    """The real path: dataset spec -> metric.fit_run -> ``edge-train export`` -> bundle."""
     from training import metric
+    from training.data import dataset_spec
+    from training.export_cli import export_command
+    from training.train import FitConfig
 
     rng = np.random.default_rng(0)
-    y = np.repeat([0, 1, 2], 60)
-    x = _x([shape_image(rng, k) for k in y])
-    yv = np.repeat([0, 1, 2], 10)
-    xv = _x([shape_image(rng, k) for k in yv])
+    data = tmp_path_factory.mktemp("data")
+    _write_dataset(data, rng)
     run = tmp_path_factory.mktemp("run")
-    cfg = metric.MetricConfig(embed_dim=8, alpha=8.0, width=4, epochs=15, batch_size=32, learning_rate=3e-3,
-                              n_neighbors=10, contamination=0.05, class_names=["square", "ring", "bar"])
-    fit = metric.fit_metric(run, cfg, x, y, xv, yv, verbose=0)
-    model, cfg2, shape = metric.load_run(run)
-    assert cfg2.class_names == ["square", "ring", "bar"] and shape == (SIZE, SIZE, 1)
-    parts = metric.export_parts(run, model, cfg2, shape)
-    pp = Preprocess(size=(SIZE, SIZE), color="gray")
-    spec = E.ExportSpec(model=parts["model"], preprocess=pp, scoring=parts["scoring"],
-                        calibration=fit["calibration"], calibrate=parts["calibrate"], family=parts["family"],
-                        name="tiny-metric", model_params=parts["model_params"], rebuild=parts["rebuild"],
-                        arrays=parts["arrays"])
+    spec = dataset_spec(str(data), layout="classes", seed=0)
+    fit_cfg = FitConfig(input_size=SIZE, epochs=20, batch_size=32, learning_rate=3e-3)
+    cfg = metric.MetricConfig(embed_dim=8, alpha=8.0, width=8, head="flatten", n_neighbors=10, contamination=0.05)
+    info = metric.fit_run(spec, fit_cfg, cfg, run, verbose=0)
     out = tmp_path_factory.mktemp("b") / "bundle"
-    E.export_bundle(spec, E.DataSplits(x_train=x, x_val=xv), out, quant="int8", allow_degraded=True,
-                    echo=lambda s: None)
-    return {"run": run, "bundle": out, "fit": fit, "cfg": cfg2}
+    res = CliRunner().invoke(export_command, [str(run), "--out", str(out), "--quant", "int8", "--allow-degraded"])
+    assert res.exit_code == 0, res.output
+    return {"run": run, "bundle": out, "info": info}
 
 
 def test_training_separates_classes_and_calibrates(trained):
-    fit = trained["fit"]
-    assert fit["history"]["accuracy"][-1] > 0.9
-    assert fit["calibration"]["threshold"] > 0
-    # Contamination 0.05 on the references: the held-out normals mostly pass the threshold.
-    assert (fit["val_scores"] <= fit["calibration"]["threshold"]).mean() >= 0.8
+    info = trained["info"]
+    assert info["family"] == "metric" and info["metric"]["class_names"] == sorted(NAMES)
+    assert info["history"]["accuracy"][-1] > 0.9
+    cal = info["calibration"]
+    assert cal["method"] == "contamination" and cal["threshold"] > 0
+    # The run's own float evaluation (training's metrics code): odd images vs the test shapes.
+    assert info["metrics"]["auroc"] > 0.8
+    assert (Path(trained["run"]) / "report" / "metrics.json").is_file()
 
 
 def test_bundle_carries_reference_and_int8_embedder(trained):
@@ -87,7 +98,8 @@ def test_bundle_carries_reference_and_int8_embedder(trained):
     b = load_bundle(trained["bundle"])
     assert b.manifest["scoring"]["kind"] == "lof" and b.manifest["family"] == "metric"
     assert {"reference", "reference_kdist", "reference_lrd", "reference_labels"} <= set(b.arrays)
-    assert b.arrays["reference"].shape == (180, 8)
+    n_train = trained["info"]["data_summary"]["counts"]["train"]
+    assert b.arrays["reference"].shape == (n_train, 8)
     ops = {o["op"] for o in model_ops(b.model_path("int8"))}
     assert "CONV_2D" in ops and "L2_NORMALIZATION" not in ops  # host-side normalisation by default
     spec = b.variants["int8"]["output"]
@@ -121,13 +133,14 @@ def test_edge_detect_score_flags_odd_images_and_classifies(trained, tmp_path):
     det = Detector(trained["bundle"], variant="int8")
     xs = det.preprocess.batch(paths)
     pred = det.scorer.classify(det.model.run_batch(xs))
-    names = ["square", "ring", "bar"]
+    names = sorted(NAMES)
     assert [r["class_name"] for r, _ in accepted] == [names[pred[i]] for i, r in enumerate(lines[:6])
                                                        if not r["anomalous"]]
     assert all("class" not in r for r in lines[6:])  # rejected inputs get no class
     fresh = np.repeat([0, 1, 2], 10)
     xf = _x([shape_image(rng, k) for k in fresh])
-    assert (det.scorer.classify(det.model.run_batch(xf)) == fresh).mean() >= 0.8
+    want = np.array([names.index(NAMES[k]) for k in fresh])
+    assert (det.scorer.classify(det.model.run_batch(xf)) == want).mean() >= 0.8
     # The CLI and the Detector API give the same numbers (same code path).
     direct = [det.score(Path(p)).score for p in paths]
     np.testing.assert_allclose(scores, direct, rtol=0, atol=1e-9)

@@ -162,7 +162,7 @@ PUB_SCRIPT = textwrap.dedent(
     cfg = MqttConfig.from_dict({"host": "127.0.0.1", "port": port, "reconnect_min_s": 0.2, "reconnect_max_s": 1})
     pub = Publisher(cfg, "dev1", Outbox(path), cameras=["cam1"])
     pub.start()
-    print("connected" if pub.wait_connected(3) else "offline", flush=True)
+    print("connected" if pub.wait_connected(1.5) else "offline", flush=True)
     model = {"name": "m", "version": "1", "sha256": "0" * 64, "variant": "int8"}
     for i in range(n):
         ev = build_event(device="dev1", camera="cam1", score=1.0, normalised=2.0, threshold=0.5, anomalous=True,

@@ -1,5 +1,6 @@
 """The systemd unit: `systemd-analyze verify` passes, its exposure stays low, and the runtime
-tolerates MemoryDenyWriteExecute=yes (checked with the same seccomp rule, without systemd)."""
+tolerates MemoryDenyWriteExecute=yes and SystemCallFilter=~@resources (checked with the same
+seccomp rules, without systemd: tests/native/mdwx_exec.c)."""
 
 from __future__ import annotations
 
@@ -96,15 +97,18 @@ def mdwx_exec(tmp_path_factory) -> Path:
     return out
 
 
-def test_mdwx_launcher_denies_wx_memory(mdwx_exec):
-    code = "import mmap; mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)"
+@pytest.mark.parametrize("code", [
+    "import mmap; mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)",
+    "import os; os.sched_setaffinity(0, {0})",
+])
+def test_launcher_denies_what_the_unit_denies(mdwx_exec, code):
     r = subprocess.run([str(mdwx_exec), sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "Operation not permitted" in r.stderr
 
 
 def test_runtime_tolerates_memory_deny_write_execute(mdwx_exec, tiny_bundle, tmp_path):
-    """Load and invoke a real .tflite with LiteRT (XNNPACK), decode images, verify an Ed25519
-    signature and import the MQTT client, all under the W^X rule."""
+    """Load and invoke a real .tflite with LiteRT (XNNPACK, 2 threads), decode images, verify an
+    Ed25519 signature and import the MQTT client, all under the W^X and ~@resources rules."""
     from tiny_bundle import anomalous_image, encode, normal_image
 
     bundle, _ = tiny_bundle
@@ -121,7 +125,7 @@ def test_runtime_tolerates_memory_deny_write_execute(mdwx_exec, tiny_bundle, tmp
         "import paho.mqtt.client, edge_detect.daemon, edge_detect.publisher\n"
         "from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey\n"
         "k = Ed25519PrivateKey.generate(); k.public_key().verify(k.sign(b'x'), b'x')\n"
-        "r = CliRunner().invoke(main, ['score', '--json', *sys.argv[1:]]); print(r.output); sys.exit(r.exit_code)\n"
+        "r = CliRunner().invoke(main, ['score', '--threads', '2', '--json', *sys.argv[1:]]); print(r.output); sys.exit(r.exit_code)\n"
     )
     r = subprocess.run([str(mdwx_exec), sys.executable, "-c", code, str(bundle), *imgs], capture_output=True,
                        text=True, timeout=120)

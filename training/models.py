@@ -43,7 +43,7 @@ def build_model(
     k: int = DEFAULTS["k"],
     dilations: Tuple[int, ...] = DEFAULTS["dilations"],
 ) -> keras.Model:
-    """An autoencoder of ``family`` for (H, W, C) inputs. H and W must divide by 2**depth (x k for superres).
+    """An autoencoder of ``family`` for (H, W, C) inputs of any size (pooling pads; resizes restore sizes).
 
     width: filters of the first level, doubled per level; latent: channels at the bottleneck.
     batch_size: fixed batch (1 for TFLite export) or None for training.
@@ -53,17 +53,16 @@ def build_model(
     h, w, c = input_shape
     if family == "dilated":
         depth = min(depth, 2)  # the dilated stack supplies the receptive field the lost levels would have
-    scale = 2**depth * (k if family == "superres" else 1)
-    if h % scale or w % scale:
-        raise ValueError(f"input size {h}x{w} px must be divisible by {scale} for {family} with depth {depth}")
+    if min(h, w) < 2**depth * (k if family == "superres" else 1):
+        raise ValueError(f"input size {h}x{w} px is too small for {family} with depth {depth}")
 
     inp = keras.Input(input_shape, batch_size=batch_size, name="image")
-    x = layers.AveragePooling2D(k, name="downsample")(inp) if family == "superres" else inp
+    x = layers.AveragePooling2D(k, padding="same", name="downsample")(inp) if family == "superres" else inp
     sizes = []
     for i in range(depth):
         sizes.append((x.shape[1], x.shape[2]))
         x = _conv(x, width * 2**i, name=f"enc{i}")
-        x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
+        x = layers.MaxPooling2D(2, padding="same", name=f"pool{i}")(x)
     if family == "dilated":
         for j, d in enumerate(dilations):
             x = _conv(x, width * 2**depth, dilation=d, name=f"dil{j}")

@@ -1,8 +1,10 @@
-/* Run a command under the same seccomp rule as systemd's MemoryDenyWriteExecute=yes:
- * mmap() of memory both writable and executable, and mprotect()/pkey_mprotect() adding
- * PROT_EXEC, fail with EPERM. Lets tests check that the daemon's runtime (LiteRT, numpy,
- * Pillow, paho, cryptography) tolerates the unit's MemoryDenyWriteExecute=yes without systemd.
- * Usage: mdwx_exec COMMAND [ARG...]
+/* Run a command under two seccomp rules of the systemd unit, without systemd:
+ * - MemoryDenyWriteExecute=yes: mmap() of memory both writable and executable, and
+ *   mprotect()/pkey_mprotect() adding PROT_EXEC, fail with EPERM;
+ * - SystemCallFilter=~@resources with SystemCallErrorNumber=EPERM: the @resources calls
+ *   (priorities, affinity, NUMA policy, rlimits) fail with EPERM.
+ * Lets tests check that the daemon's runtime (LiteRT, numpy, Pillow, paho, cryptography)
+ * tolerates them. Usage: mdwx_exec COMMAND [ARG...]
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -52,7 +54,26 @@ int main(int argc, char **argv) {
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };
     struct sock_fprog prog = {.len = sizeof(f) / sizeof(f[0]), .filter = f};
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) {
+    /* systemd's @resources group (systemd-analyze syscall-filter @resources). */
+    static const int resources[] = {
+        __NR_ioprio_set, __NR_mbind, __NR_migrate_pages, __NR_move_pages, __NR_sched_setaffinity,
+        __NR_sched_setattr, __NR_sched_setparam, __NR_sched_setscheduler, __NR_set_mempolicy,
+        __NR_setpriority, __NR_setrlimit,
+    };
+    enum { NR = sizeof(resources) / sizeof(resources[0]) };
+    struct sock_filter g[NR + 6];
+    int n = 0;
+    g[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+    g[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, ARCH, 1, 0);
+    g[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    g[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+    for (int i = 0; i < NR; i++) /* match: jump to the ERRNO return after the list */
+        g[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, resources[i], NR - i, 0);
+    g[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    g[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA));
+    struct sock_fprog prog2 = {.len = (unsigned short)n, .filter = g};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) ||
+        prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog2)) {
         perror("seccomp");
         return 125;
     }
