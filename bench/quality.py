@@ -73,7 +73,8 @@ def rates_at(neg: np.ndarray, pos: np.ndarray, threshold: float) -> Dict[str, fl
 
 def tpr_at_tnr(neg: np.ndarray, pos: np.ndarray, tnr: float = 0.95) -> Tuple[float, float]:
     """(TPR, threshold) at the lowest threshold that keeps at least ``tnr`` of the normals accepted."""
-    thr = float(np.quantile(neg, tnr, method="higher"))
+    k = max(1, int(np.ceil(tnr * len(neg) - 1e-9)))  # normals that must stay at or below the threshold
+    thr = float(np.sort(neg)[k - 1])
     return float((pos > thr).mean()), thr
 
 
@@ -155,7 +156,9 @@ def cmd_mnist_ae(a: argparse.Namespace) -> int:
         pre = b.preprocess
         xs = np.stack([pre(img) for img in x])
         neg, pos = xs[y == 1], xs[y != 1]
-        family = b.manifest.get("family") or b.manifest.get("model", {}).get("family", "?")
+        # The manifest says "autoencoder"; which kind (plain, denoising, superres) is only in the run's name.
+        family = next((k for k in (*REF_MNIST_AE, "dilated") if k in b.name),
+                      b.manifest.get("family") or b.manifest.get("model", {}).get("family", "?"))
         for v in ("float32", "int8"):
             if v not in b.variants:
                 continue
@@ -165,7 +168,7 @@ def cmd_mnist_ae(a: argparse.Namespace) -> int:
                          "tpr": r["tpr"], "ref_tnr": ref[0] if ref else None, "ref_tpr": ref[1] if ref else None})
             out[f"{b.name}/{v}"] = _strip_scores(r)
     common.print_table(rows, digits=4, title='MNIST "1" vs rest (1,135 test ones vs 8,865 others)')
-    print(common.write_result("quality_mnist_ae", {"rows": rows, "details": out}))
+    print(common.write_result("quality_mnist_ae", {"rows": rows, "details": out}, out_dir=a.out))
     return 0
 
 
@@ -346,8 +349,8 @@ def standin_fit_export(data: Path, a: argparse.Namespace, bundle: Path) -> Tuple
 
 def _train_seconds(run_json: Dict[str, Any]) -> Optional[float]:
     """Training wall time (s) from a run.json, wherever the trainer put it."""
-    for path in (("history", "train_seconds"), ("timing", "train_seconds"), ("timing", "fit_s"), ("train_seconds",),
-                 ("timing", "total_s")):
+    for path in (("timing_s", "train"), ("history", "train_seconds"), ("timing", "train_seconds"),
+                 ("train_seconds",)):
         v: Any = run_json
         for k in path:
             v = v.get(k) if isinstance(v, dict) else None
@@ -374,13 +377,15 @@ def training_times(roots: Sequence[Path]) -> List[Dict[str, Any]]:
                 d = json.loads(rj.read_text())
             except (OSError, ValueError):
                 continue
-            model = d.get("model", {}) if isinstance(d.get("model"), dict) else {}
+            model = d.get("model")
+            family = model if isinstance(model, str) else (model or {}).get("family") or d.get("family")
             hist = d.get("history", {}) if isinstance(d.get("history"), dict) else {}
             size = (d.get("preprocess") or {}).get("size")
+            counts = (d.get("data_summary") or {}).get("counts", {})
             rows.append({"run": str(rj.parent.relative_to(common.REPO_ROOT) if rj.is_relative_to(common.REPO_ROOT)
                                     else rj.parent),
-                         "family": model.get("family") or d.get("family"),
-                         "input": "x".join(map(str, size)) if size else None,
+                         "model": family, "input": "x".join(map(str, size)) if size else None,
+                         "train_images": counts.get("train"),
                          "epochs": hist.get("epochs") or len(hist.get("loss", []) or []) or None,
                          "train_s": _train_seconds(d)})
     return rows
@@ -418,8 +423,19 @@ def cmd_report(a: argparse.Namespace) -> int:
                                                                                           markdown=True)]
     for f in sorted(common.RESULTS_DIR.glob("quality_brickwork_*-*.json")):
         doc = json.loads(f.read_text())
-        sections[f.stem] = doc["rows"]
-        md += [f"### Brickwork cracks ({f.stem})", common.format_table(doc["rows"], digits=4, markdown=True)]
+        mf = Path(doc["bundle"]) / "manifest.json"
+        score = json.loads(mf.read_text())["scoring"].get("method") if mf.exists() else None
+        rj = Path(doc["run"]) / "run.json"
+        t = _train_seconds(json.loads(rj.read_text())) if rj.exists() else doc.get("train_seconds")
+        rows = [{**r, "score": score, "train_s": None if t is None else round(t, 1)} for r in doc["rows"]]
+        sections[f.stem] = {"rows": rows, "scoring_methods": doc.get("scoring_methods"), "counts": doc["counts"]}
+        md += [f"### Brickwork cracks ({f.stem}; {doc['counts']['test/good']} held-out Negative vs "
+               f"{doc['counts']['test/crack']} Positive)",
+               common.format_table(rows, ["model", "score", "variant", "auroc", "tnr", "tpr", "tpr_at_tnr95",
+                                          "train_s"], digits=4, markdown=True)]
+        if doc.get("scoring_methods"):
+            md += ["Same float32 model, every score (threshold-free):",
+                   common.format_table(doc["scoring_methods"], digits=4, markdown=True)]
     times = training_times([common.REPO_ROOT / "runs", common.RESULTS_DIR, *map(Path, a.runs)])
     sections["training_times"] = times
     if times:
@@ -436,6 +452,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = sub.add_parser("mnist-ae", help="evaluate MNIST 1-vs-rest autoencoder bundles")
     p.add_argument("bundles", nargs="+", type=Path)
     p.add_argument("--data", help="shared data folder (default ../shared/data)")
+    p.add_argument("--out", type=Path, help="results directory (default bench/results)")
     p = sub.add_parser("brickwork", help="train, export and evaluate an AE on brickwork cracks")
     p.add_argument("--data", help="shared data folder (default ../shared/data)")
     p.add_argument("--work", default=str(common.RESULTS_DIR / "brickwork"), help="runs, bundles and split go here")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -179,7 +180,9 @@ def _open(source: Any) -> Image.Image:
     except FileNotFoundError:
         raise ImageError(f"no such file: {source}") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"not a readable image: {e}") from None
+        # PIL names in-memory sources by their repr, which says nothing to someone reading the log.
+        why = re.sub(r"<_io.BytesIO object at 0x[0-9a-f]+>", "data", str(e))
+        raise ImageError(f"not a readable image: {why}") from None
 
 
 def _from_array(arr: np.ndarray) -> Image.Image:

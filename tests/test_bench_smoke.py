@@ -193,6 +193,46 @@ def test_e2e_latency_bench(tiny_bundle: Path, tmp_path: Path) -> None:
     assert 0 < row["p50_ms"] <= row["p99_ms"] < 10_000
 
 
+# -- quality --------------------------------------------------------------------------------------
+
+
+def test_quality_metrics_on_known_cases() -> None:
+    import quality
+
+    neg, pos = np.array([0.1, 0.2, 0.3, 0.4]), np.array([0.35, 0.5, 0.6])
+    # 11 of the 12 (normal, anomaly) pairs are ordered right: 0.4 > 0.35 is the one miss.
+    assert quality.auroc(neg, pos) == pytest.approx(11 / 12)
+    assert quality.auroc(np.array([1.0, 1.0]), np.array([1.0])) == pytest.approx(0.5)  # ties count half
+    assert quality.rates_at(neg, pos, 0.32) == {"tnr": 0.75, "tpr": 1.0}
+    tpr, thr = quality.tpr_at_tnr(neg, pos, 0.75)
+    assert thr == 0.3 and tpr == 1.0
+
+
+def _write_idx(path: Path, arr: np.ndarray) -> None:
+    import gzip
+
+    header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    path.write_bytes(gzip.compress(header + arr.astype(np.uint8).tobytes()))
+
+
+def test_quality_mnist_ae_on_generated_idx(tiny_bundle: Path, tmp_path: Path) -> None:
+    """The MNIST 1-vs-rest protocol on 12 generated 28x28 'digits'. The bundle's LOGISTIC 'reconstruction'
+    sigmoid(x) is far from x for dark pixels (0.5 vs 0) and close for bright ones, so dark 'other digits'
+    must all score above the bright 'ones'."""
+    import quality
+
+    rng = np.random.default_rng(0)
+    labels = np.array([1] * 6 + [7] * 6)
+    imgs = np.where(labels[:, None, None] == 1, rng.integers(200, 255, (12, 28, 28)), rng.integers(0, 30, (12, 28, 28)))
+    (tmp_path / "mnist").mkdir()
+    _write_idx(tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz", imgs)
+    _write_idx(tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz", labels)
+    out = tmp_path / "out"
+    assert quality.main(["mnist-ae", str(tiny_bundle), "--data", str(tmp_path), "--out", str(out)]) == 0
+    (row,) = _result(out, "quality_mnist_ae")["rows"]
+    assert row["variant"] == "float32" and row["auroc"] == 1.0
+
+
 # -- fleet against the test broker -----------------------------------------------------------------
 
 

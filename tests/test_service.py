@@ -125,7 +125,8 @@ def test_runtime_tolerates_memory_deny_write_execute(mdwx_exec, tiny_bundle, tmp
         "import paho.mqtt.client, edge_detect.daemon, edge_detect.publisher\n"
         "from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey\n"
         "k = Ed25519PrivateKey.generate(); k.public_key().verify(k.sign(b'x'), b'x')\n"
-        "r = CliRunner().invoke(main, ['score', '--threads', '2', '--json', *sys.argv[1:]]); print(r.output); sys.exit(r.exit_code)\n"
+        "r = CliRunner().invoke(main, ['score', '--threads', '2', '--json', *sys.argv[1:]])\n"
+        "print(r.output); sys.exit(r.exit_code)\n"
     )
     r = subprocess.run([str(mdwx_exec), sys.executable, "-c", code, str(bundle), *imgs], capture_output=True,
                        text=True, timeout=120)

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import click
 
@@ -15,6 +15,7 @@ from edge_detect import __version__
 
 from .calibrate import MODES
 from .data import LAYOUTS, DataError, dataset_spec
+from .models import LOSSES
 
 AE_FAMILIES = ("plain", "denoising", "superres", "dilated")
 SCORES = ("mse", "mae", "ssim", "max_smooth")
@@ -29,13 +30,21 @@ class UserError(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True)
 
 
+class Interrupted(UserError):
+    """Ctrl-C before anything was saved."""
+
+    exit_code = 130
+
+
 def _roi(value: Optional[str]) -> Optional[Tuple[int, int, int, int]]:
     if not value:
         return None
     try:
         x, y, w, h = (int(v) for v in value.split(","))
     except ValueError:
-        raise click.BadParameter("must be x,y,width,height in px, e.g. 10,10,200,200") from None
+        raise UserError(f"--roi must be x,y,width,height in px, e.g. 10,10,200,200; got {value!r}") from None
+    if min(x, y) < 0 or min(w, h) < 1:
+        raise UserError(f"--roi needs x, y >= 0 and width, height >= 1 px; got {value!r}")
     return x, y, w, h
 
 
@@ -46,6 +55,10 @@ def main(verbose: int) -> None:
     """Train, evaluate and export anomaly models for edge-detect."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2), format="%(levelname)s: %(message)s")
+
+
+DATA_OPTION_NAMES = ("layout", "anomalies", "normal_classes", "val_fraction", "test_fraction",
+                     "calib_anomaly_fraction", "max_train")
 
 
 def _data_options(f):
@@ -78,23 +91,78 @@ def _spec(data: str, layout: str, anomalies: Optional[str], normal_classes: Opti
         raise UserError(str(e)) from None
 
 
+# -- fit: one dispatch point per model family ----------------------------------------------------
+
+# family -> fitter(spec, cfg, out_dir, opts, verbose) -> run.json content. ``opts`` holds the
+# family-specific command-line options; a new family registers itself here and appears in --model.
+Fitter = Callable[[Dict[str, Any], Any, Path, Dict[str, Any], int], Dict[str, Any]]
+FITTERS: Dict[str, Fitter] = {}
+
+
+def register_fitter(*families: str) -> Callable[[Fitter], Fitter]:
+    """Decorator: make ``edge-train fit --model FAMILY`` call this function."""
+
+    def deco(fn: Fitter) -> Fitter:
+        for f in families:
+            FITTERS[f] = fn
+        return fn
+
+    return deco
+
+
+@register_fitter(*AE_FAMILIES)
+def _fit_autoencoder(spec: Dict[str, Any], cfg: Any, out_dir: Path, opts: Dict[str, Any], verbose: int) -> Dict:
+    from .train import fit as fit_ae
+
+    if cfg.family != "superres":
+        cfg.model_params.pop("k", None)  # only superres has a pooling factor; keep run.json honest
+    return fit_ae(spec, cfg, out_dir, verbose=verbose)
+
+
+@register_fitter("metric")
+def _fit_metric(spec: Dict[str, Any], cfg: Any, out_dir: Path, opts: Dict[str, Any], verbose: int) -> Dict:
+    from . import metric
+
+    aux = opts.get("aux")
+    if aux and not Path(aux).is_dir():
+        raise UserError(f"--aux folder not found: {aux}")
+    mcfg = metric.MetricConfig(backbone=opts["backbone"], embed_dim=opts["embed_dim"], alpha=opts["alpha"],
+                               scorer=opts["scorer"], contamination=opts["contamination"],
+                               reference_size=opts["reference_size"], reduce=opts["reduce"], epochs=cfg.epochs,
+                               batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, seed=cfg.seed)
+    return metric.fit_run(spec, cfg, mcfg, out_dir, aux_dir=aux, verbose=verbose)
+
+
+def fit_family(family: str, spec: Dict[str, Any], cfg: Any, out_dir: Path, opts: Optional[Dict[str, Any]] = None,
+               verbose: int = 1) -> Dict[str, Any]:
+    """Train ``family`` through its registered fitter; data and value errors become one-line UserErrors."""
+    if family not in FITTERS:
+        raise UserError(f"--model must be one of {sorted(FITTERS)}, got {family!r}")
+    try:
+        return FITTERS[family](spec, cfg, out_dir, opts or {}, verbose)
+    except (DataError, ValueError) as e:
+        raise UserError(str(e)) from None
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted before the first checkpoint: nothing saved") from None
+
+
 @main.command()
 @click.argument("data", type=click.Path())
-@click.option("--model", "family", type=click.Choice(AE_FAMILIES + ("metric",)), default="plain", show_default=True)
+@click.option("--model", "family", type=click.Choice(list(FITTERS)), default="plain", show_default=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Run directory to write.")
 @click.option("--input-size", type=click.IntRange(8, 1024), default=64, show_default=True, help="Model input, px.")
 @click.option("--color", type=click.Choice(["gray", "rgb"]), default="gray", show_default=True)
 @click.option("--roi", help="Crop x,y,width,height (source px) before resizing.")
 @click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--learning-rate", type=float, default=1e-3, show_default=True)
+@click.option("--learning-rate", type=click.FloatRange(0.0, 1.0, min_open=True), default=1e-3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Makes the split and the training reproducible.")
 @click.option("--score", type=click.Choice(SCORES), default="mse", show_default=True, help="Autoencoder score.")
 @click.option("--smooth", type=click.IntRange(1, 63), default=5, show_default=True, help="max_smooth box, px (odd).")
 @click.option("--calibration", type=click.Choice(MODES), default="mu_k_sigma", show_default=True)
 @click.option("--k", "k_sigma", type=float, default=3.0, show_default=True, help="k of mu+k*sigma.")
 @click.option("--quantile", type=click.FloatRange(0.5, 1.0), default=0.99, show_default=True)
-@click.option("--far", type=click.FloatRange(0.0, 0.5), default=0.01, show_default=True,
+@click.option("--far", type=click.FloatRange(0.0, 0.5, min_open=True), default=0.01, show_default=True,
               help="Target false-alarm rate.")
 @click.option("--width", type=click.IntRange(2, 256), default=16, show_default=True, help="First-level filters.")
 @click.option("--depth", type=click.IntRange(1, 6), default=3, show_default=True, help="Pooling levels.")
@@ -103,6 +171,8 @@ def _spec(data: str, layout: str, anomalies: Optional[str], normal_classes: Opti
 @click.option("--noise", type=click.Choice(["gaussian", "salt_pepper", "speckle"]), default="gaussian",
               show_default=True, help="Denoising: input corruption.")
 @click.option("--noise-strength", type=click.FloatRange(0.0, 1.0), default=0.1, show_default=True)
+@click.option("--loss", type=click.Choice(LOSSES), default=None,
+              help="Training loss (default: mae; ssim_l1 for dilated).")
 @click.option("--patience", type=click.IntRange(0), default=0, help="Early stopping patience, epochs (0: off).")
 @click.option("--backbone", default="cnn", show_default=True, help="metric: cnn, mobilenetv2-0.35, mobilenetv2-0.5.")
 @click.option("--alpha", type=float, default=16.0, show_default=True, help="metric: L2-softmax scale.")
@@ -115,46 +185,26 @@ def _spec(data: str, layout: str, anomalies: Optional[str], normal_classes: Opti
 @click.option("--reduce", type=click.Choice(["kmeans", "coreset"]), default="kmeans", show_default=True)
 @click.option("--quiet", is_flag=True, help="No per-epoch progress.")
 @_data_options
-def fit(data: str, family: str, out_dir: Path, input_size: int, color: str, roi: Optional[str], epochs: int,
-        batch_size: int, learning_rate: float, seed: int, score: str, smooth: int, calibration: str, k_sigma: float,
-        quantile: float, far: float, width: int, depth: int, latent: int, superres_factor: int, noise: str,
-        noise_strength: float, patience: int, backbone: str, alpha: float, embed_dim: int, aux: Optional[str],
-        scorer: str, contamination: float, reference_size: Optional[int], reduce: str, quiet: bool,
-        **data_opts: Any) -> None:
+@click.pass_context
+def fit(ctx: click.Context, data: str, family: str, out_dir: Path, input_size: int, color: str, roi: Optional[str],
+        epochs: int, batch_size: int, learning_rate: float, seed: int, score: str, smooth: int, calibration: str,
+        k_sigma: float, quantile: float, far: float, width: int, depth: int, latent: int, superres_factor: int,
+        noise: str, noise_strength: float, loss: Optional[str], patience: int, quiet: bool, **opts: Any) -> None:
     """Train a model on the normal images in DATA and write RUN_DIR (model, run.json, report/)."""
     if smooth % 2 == 0:
         raise UserError(f"--smooth must be odd, got {smooth}")
+    data_opts = {k: opts.pop(k) for k in DATA_OPTION_NAMES}
     spec = _spec(data, seed=seed, calibration=calibration, **data_opts)
-    roi_t = _roi(roi)
     from .train import FitConfig
 
-    cfg = FitConfig(family=family, input_size=input_size, color=color, roi=roi_t, epochs=epochs,
+    cfg = FitConfig(family=family, input_size=input_size, color=color, roi=_roi(roi), epochs=epochs,
                     batch_size=batch_size, learning_rate=learning_rate, seed=seed, score=score, smooth=smooth,
                     calibration=calibration, k=k_sigma, q=quantile, far=far, noise=noise,
-                    noise_strength=noise_strength, patience=patience,
+                    noise_strength=noise_strength, patience=patience, loss=loss,
                     model_params={"width": width, "depth": depth, "latent": latent, "k": superres_factor})
-    try:
-        if family == "metric":
-            from . import metric
-
-            if aux and not Path(aux).is_dir():
-                raise UserError(f"--aux folder not found: {aux}")
-            mcfg = metric.MetricConfig(backbone=backbone, embed_dim=embed_dim, alpha=alpha, scorer=scorer,
-                                       contamination=contamination, reference_size=reference_size, reduce=reduce,
-                                       epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed)
-            info = metric.fit_run(spec, cfg.preprocess(), out_dir, mcfg, aux=aux, verbose=0 if quiet else 1)
-        else:
-            from .train import fit as fit_ae
-
-            model_params = dict(cfg.model_params)
-            if family != "superres":
-                model_params.pop("k")
-            cfg.model_params = model_params
-            info = fit_ae(spec, cfg, out_dir, verbose=0 if quiet else 1)
-    except DataError as e:
-        raise UserError(str(e)) from None
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    # The metric family keeps its own default calibration unless the user chose one.
+    cfg.calibration_explicit = ctx.get_parameter_source("calibration") != click.core.ParameterSource.DEFAULT
+    info = fit_family(family, spec, cfg, out_dir, opts, verbose=0 if quiet else 1)
     click.echo(summary(info, out_dir))
 
 
@@ -196,7 +246,8 @@ def _metrics_lines(m: Dict[str, Any]) -> str:
     if not m or m.get("auroc") is None and m.get("tnr") is None:
         return "no labelled test images: nothing to evaluate"
     lines = [
-        f"test: {m['n_normal']} normal, {m['n_anomalous']} anomalous   ({m.get('evaluated', '')})",
+        f"test: {m['n_normal']} normal, {m['n_anomalous']} anomalous"
+        + (f"   ({m['evaluated']})" if m.get("evaluated") else ""),
         f"image AUROC {_fmt(m['auroc'])}   AUPR {_fmt(m['aupr'])}",
         f"at threshold {m['threshold']:.6g}: normals accepted (TNR) {_fmt(m['tnr'], True)}, "
         f"anomalies caught (TPR) {_fmt(m['tpr'], True)}",
@@ -238,6 +289,10 @@ def _register_optional() -> None:
 
     main.add_command(explain_command)
     main.add_command(fit_explainer_command)
+    # keygen, sign, deploy: workstation tools that need no TensorFlow, so they live in edge_deploy.
+    from edge_deploy.cli import register as register_deploy
+
+    register_deploy(main)
 
 
 _register_optional()

@@ -9,7 +9,9 @@ Layouts (``layout="auto"`` picks one):
   optional ``test/<class>/...``, where classes outside the normal set are anomalies.
 - ``idx``: MNIST-style IDX files (gz or not): ``train-images-idx3-ubyte.gz`` + labels, ``t10k-*``.
 
-A split is described by a JSON-able spec (kept in run.json) and rebuilt from it exactly.
+A split is described by a JSON-able spec (kept in run.json) and rebuilt from it exactly:
+``load_dataset(path, ...)`` gives a :class:`Dataset` whose items (file path, or IDX file + index)
+are split by ``spec["seed"]``; ``Dataset.from_spec(run["dataset"])`` gives the same split back.
 """
 
 from __future__ import annotations
@@ -243,6 +245,61 @@ def split_items(spec: Dict[str, Any]) -> Dict[str, List[Item]]:
     return {"train": train, "val": val, "test": test, "calib": calib}
 
 
+@dataclass
+class Dataset:
+    """A dataset spec and its reproducible split into train / val / test / calib items.
+
+    ``val`` is the held-out part of the train normals (calibration); ``calib`` holds labelled
+    anomalies set aside for best-F1 calibration; ``test`` holds the rest, labelled.
+    """
+
+    spec: Dict[str, Any]
+    splits: Dict[str, List[Item]]
+
+    @classmethod
+    def from_spec(cls, spec: Dict[str, Any]) -> Dataset:
+        """The same split again, e.g. from run.json's ``dataset`` block."""
+        return cls(dict(spec), split_items(spec))
+
+    def items(self, split: str) -> List[Item]:
+        if split not in self.splits:
+            raise KeyError(f"split must be one of {tuple(self.splits)}, got {split!r}")
+        return self.splits[split]
+
+    def arrays(self, split: str, pre: Preprocess) -> Tuple[np.ndarray, List[Item], List[str]]:
+        """Preprocessed (N, H, W, C) float32 of a split, the items kept, and the skipped file names."""
+        items = self.items(split)
+        x, kept, skipped = load_items(items, pre, split)
+        return x, [items[i] for i in kept], skipped
+
+    def load(self, pre: Preprocess, with_test: bool = True) -> Splits:
+        """Every split preprocessed at once (what ``fit`` trains and calibrates on)."""
+        return rebuild_splits(self.spec, pre, with_test)
+
+    def counts(self) -> Dict[str, int]:
+        return {k: len(v) for k, v in self.splits.items()}
+
+
+def load_dataset(
+    path: str,
+    layout: str = "auto",
+    anomalies: Optional[str] = None,
+    normal_classes: Optional[Sequence[str]] = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    calib_anomaly_fraction: float = 0.0,
+    seed: int = 0,
+    max_train: Optional[int] = None,
+) -> Dataset:
+    """List and split a dataset (no pixels read yet). Raises DataError for a missing or empty one.
+
+    val_fraction: share of the train normals held out for calibration; test_fraction: share of the
+    normals held out as test normals when the layout has none (plain folders).
+    """
+    return Dataset.from_spec(dataset_spec(path, layout, anomalies, normal_classes, val_fraction, test_fraction,
+                                          calib_anomaly_fraction, seed, max_train))
+
+
 # -- loading pixels -----------------------------------------------------------------------------
 
 
@@ -262,17 +319,24 @@ def load_items(items: Sequence[Item], pre: Preprocess, desc: str = "") -> Tuple[
     skipped: List[str] = []
     for i, it in enumerate(_progress(items, desc)):
         if it.index < 0 and Path(it.source).suffix.lower() not in IMAGE_SUFFIXES:
-            log.warning("skipped %s: not an image file", it.source)
-            skipped.append(it.source)
+            _skip(skipped, it.source, "not an image file")
             continue
         try:
             out[len(kept)] = pre(_pixels(it))
         except ImageError as e:
-            log.warning("skipped %s: %s", it.source, e)
-            skipped.append(it.source)
+            _skip(skipped, it.source, str(e))
             continue
         kept.append(i)
     return out[: len(kept)], kept, skipped
+
+
+_skip_reasons: Dict[str, str] = {}  # file -> why it was skipped, for the one-line error
+
+
+def _skip(skipped: List[str], source: str, reason: str) -> None:
+    log.warning("skipped %s: %s", source, reason)
+    _skip_reasons[source] = reason
+    skipped.append(source)
 
 
 def load_masks(items: Sequence[Item], pre: Preprocess) -> Optional[np.ndarray]:
@@ -316,10 +380,11 @@ def rebuild_splits(spec: Dict[str, Any], pre: Preprocess, with_test: bool = True
     x_test, kept_te, skip_te = load_items(test_items, pre, "test")
     test_items = [test_items[i] for i in kept_te]
     x_cal, _, skip_cal = load_items(parts["calib"], pre, "calibration")
-    if len(x_train) == 0:
-        raise DataError(f"no readable training images in {spec['path']}")
-    if len(x_val) == 0:
-        raise DataError(f"no readable validation images in {spec['path']}")
+    for name, x, skip in (("training", x_train, skip_tr), ("validation", x_val, skip_val)):
+        if len(x) == 0:
+            # Say why on the one line, e.g. every file a float TIFF the preprocessing refuses.
+            why = f" ({len(skip)} skipped, e.g. {skip[0]}: {_skip_reasons.get(skip[0], 'unreadable')})" if skip else ""
+            raise DataError(f"no readable {name} images in {spec['path']}{why}")
     skipped = skip_tr + skip_val + skip_te + skip_cal
     y = np.array([it.label for it in test_items], np.int64)
     summary = {

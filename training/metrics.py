@@ -1,4 +1,8 @@
-"""Detection metrics on numpy arrays: labels 1 = anomalous, higher score = more anomalous."""
+"""Detection metrics on numpy arrays: labels 1 = anomalous, higher score = more anomalous.
+
+Plain numpy, so the export/parity code applies the same functions to TFLite scores. The flagging
+rule everywhere is ``score > threshold`` (as on the device).
+"""
 
 from __future__ import annotations
 
@@ -67,6 +71,33 @@ def tpr_at_tnr(scores: np.ndarray, labels: np.ndarray, tnr: float = 0.95) -> Opt
     return float(tpr[ok].max())
 
 
+def per_defect(
+    scores: np.ndarray, labels: np.ndarray, kinds: Sequence[str], threshold: float, tnr: float = 0.95
+) -> Dict[str, Dict[str, Any]]:
+    """Per anomaly kind (e.g. MVTec defect type): that kind's anomalies against all normals."""
+    s = np.asarray(scores, np.float64)
+    y = np.asarray(labels).astype(int)
+    k = np.asarray(kinds)
+    normal = y == 0
+    out: Dict[str, Dict[str, Any]] = {}
+    for kind in sorted(set(k[y == 1].tolist())):
+        sel = normal | ((k == kind) & (y == 1))
+        out[kind] = {
+            "n": int(((k == kind) & (y == 1)).sum()),
+            "auroc": auroc(s[sel], y[sel]),
+            "tpr": rates(s[sel], y[sel], threshold)["tpr"],
+            f"tpr_at_tnr_{tnr:g}": tpr_at_tnr(s[sel], y[sel], tnr),
+        }
+    return out
+
+
+def pixel_auroc(maps: np.ndarray, masks: np.ndarray) -> Optional[float]:
+    """Pixel-level AUROC of (N, H, W) error maps against (N, H, W) bool masks; None without both classes."""
+    from .pixel_metrics import pixel_auroc as _pixel_auroc
+
+    return _pixel_auroc(maps, masks)
+
+
 def evaluate(
     scores: np.ndarray,
     labels: np.ndarray,
@@ -88,15 +119,5 @@ def evaluate(
     for t in fixed_tnr:
         out[f"tpr_at_tnr_{t:g}"] = tpr_at_tnr(s, y, t)
     if kinds is not None:
-        k = np.asarray(kinds)
-        normal = y == 0
-        out["per_kind"] = {}
-        for kind in sorted(set(k[y == 1].tolist())):
-            sel = normal | (k == kind)
-            out["per_kind"][kind] = {
-                "n": int((k == kind).sum()),
-                "auroc": auroc(s[sel], y[sel]),
-                "tpr": rates(s[sel], y[sel], threshold)["tpr"],
-                f"tpr_at_tnr_{fixed_tnr[0]:g}": tpr_at_tnr(s[sel], y[sel], fixed_tnr[0]),
-            }
+        out["per_kind"] = per_defect(s, y, kinds, threshold, fixed_tnr[0])
     return out

@@ -90,5 +90,12 @@ def ssim_l1_loss(alpha: float = 0.84):
     return loss
 
 
-def loss_for(family: str):
-    return ssim_l1_loss() if family == "dilated" else "mae"
+LOSSES = ("mae", "mse", "ssim_l1")
+
+
+def loss_for(family: str, loss: Optional[str] = None):
+    """The Keras loss for ``family``: ``loss`` if given, else SSIM + L1 for dilated and MAE otherwise."""
+    loss = loss or ("ssim_l1" if family == "dilated" else "mae")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    return ssim_l1_loss() if loss == "ssim_l1" else loss

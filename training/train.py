@@ -13,7 +13,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -50,6 +50,7 @@ class FitConfig:
     noise: str = "gaussian"
     noise_strength: float = 0.1
     patience: int = 0
+    loss: Optional[str] = None  # None: the family's default (models.loss_for)
     model_params: Dict[str, Any] = field(default_factory=dict)
 
     def preprocess(self) -> Preprocess:
@@ -112,8 +113,13 @@ def tool_versions() -> Dict[str, str]:
 
 
 def fit(spec: Dict[str, Any], cfg: FitConfig, out_dir: Path, verbose: int = 1,
-        splits: Optional[Splits] = None) -> Dict[str, Any]:
-    """Train, calibrate, evaluate and write RUN_DIR. Ctrl-C stops training and keeps the best checkpoint."""
+        splits: Optional[Splits] = None, callbacks: Sequence[Any] = ()) -> Dict[str, Any]:
+    """Train, calibrate, evaluate and write RUN_DIR; returns run.json's content.
+
+    Ctrl-C (KeyboardInterrupt) during training keeps the best checkpoint so far and still calibrates,
+    evaluates and writes run.json (``interrupted: true``); before the first checkpoint it re-raises.
+    splits: already-loaded data (benchmarks reuse one load for several models); callbacks: extra Keras ones.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import tensorflow as tf
@@ -123,14 +129,20 @@ def fit(spec: Dict[str, Any], cfg: FitConfig, out_dir: Path, verbose: int = 1,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
+    # Same seed, same threshold: deterministic kernels cost little on CPU.
+    tf.config.experimental.enable_op_determinism()
     pre = cfg.preprocess()
     t0 = time.perf_counter()
     splits = splits or rebuild_splits(spec, pre)
     t_data = time.perf_counter() - t0
+    if cfg.calibration == "best_f1" and splits.x_calib_anomalies is None:
+        # Fail before training, not after: best-F1 needs labelled anomalies held out for calibration.
+        raise ValueError("best_f1 calibration needs labelled anomalies (--anomalies, or a layout with defects, "
+                         "and --calib-anomaly-fraction > 0)")
 
     params = {**cfg.model_params}
     model = build_model(cfg.family, pre.shape, **params)
-    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss_for(cfg.family))
+    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss_for(cfg.family, cfg.loss))
     ds = tf.data.Dataset.from_tensor_slices(splits.x_train).shuffle(len(splits.x_train), seed=cfg.seed)
     ds = ds.batch(cfg.batch_size)
     if cfg.family == "denoising":
@@ -139,22 +151,22 @@ def fit(spec: Dict[str, Any], cfg: FitConfig, out_dir: Path, verbose: int = 1,
         ds = ds.map(lambda b: (b, b))
     ds = ds.prefetch(2)
     ckpt = out_dir / "model.keras"
-    callbacks = [keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_loss", save_best_only=True, verbose=0)]
+    cbs = [keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_loss", save_best_only=True, verbose=0)]
     if cfg.patience:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience))
-    history: Dict[str, list] = {}
+        cbs.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience))
+    hist = keras.callbacks.History()  # ours, so the epochs before a Ctrl-C are still recorded
     interrupted = False
     t1 = time.perf_counter()
     try:
-        h = model.fit(ds, validation_data=(splits.x_val, splits.x_val), epochs=cfg.epochs,
-                      callbacks=callbacks, verbose=verbose)
-        history = {k: [float(v) for v in vs] for k, vs in h.history.items()}
+        model.fit(ds, validation_data=(splits.x_val, splits.x_val), epochs=cfg.epochs,
+                  callbacks=[*cbs, hist, *callbacks], verbose=verbose, shuffle=False)  # ds shuffles itself
     except KeyboardInterrupt:
         interrupted = True
         log.warning("interrupted: keeping the best checkpoint so far")
         if not ckpt.exists():
             raise
     t_train = time.perf_counter() - t1
+    history = {k: [float(v) for v in vs] for k, vs in hist.history.items()}
     model = keras.models.load_model(ckpt, compile=False)
 
     scorer = ReconstructionScorer(cfg.score, cfg.smooth)
@@ -178,6 +190,7 @@ def fit(spec: Dict[str, Any], cfg: FitConfig, out_dir: Path, verbose: int = 1,
         "calibration": calibration,
         "metrics": metrics,
         "history": history,
+        "epochs_run": len(history.get("loss", [])),
         "interrupted": interrupted,
         "timing_s": {"load_data": round(t_data, 2), "train": round(t_train, 2)},
         "parameters": int(model.count_params()),
@@ -265,7 +278,9 @@ def evaluate_run(
         where = f"run {run_dir} (Keras float32)"
     metrics = evaluate_scores(splits, scores, maps, threshold)
     metrics["evaluated"] = where
-    metrics["scores"] = {"test": [float(s) for s in scores], "labels": splits.y_test.tolist()}
+    metrics["scores"] = {"test": [float(s) for s in scores], "labels": splits.y_test.tolist(),
+                         "images": [it.source if it.index < 0 else f"{it.source}#{it.index}"
+                                    for it in splits.items_test]}
     if report:
         from .report import write_report
 

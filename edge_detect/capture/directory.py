@@ -171,9 +171,9 @@ class DirectorySource(Source):
                 if name in self._queued or name in self._in_flight or not self._wanted(name):
                     continue
                 try:
-                    if not entry.is_file(follow_symlinks=False):
+                    if not entry.is_file():  # a symlink to a file counts (staging areas use them)
                         continue
-                    st = entry.stat(follow_symlinks=False)
+                    st = entry.stat()
                 except OSError:
                     continue  # vanished between listing and stat
                 sig = (st.st_size, st.st_mtime_ns)

@@ -1,0 +1,198 @@
+"""edge-train fit / evaluate end to end on tiny data: run dir, seed, Ctrl-C, error paths, bundle parity."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import _defect_image, _normal_image
+from PIL import Image
+
+pytest.importorskip("tensorflow")
+
+from training.cli import main  # noqa: E402
+
+TINY = ["--input-size", "16", "--epochs", "2", "--width", "4", "--depth", "2", "--latent", "4", "--quiet",
+        "--batch-size", "8"]
+
+
+def _folder(root, n_good=40, n_bad=8, seed=0):
+    rng = np.random.default_rng(seed)
+    (root / "ok").mkdir(parents=True)
+    (root / "bad").mkdir()
+    for i in range(n_good):
+        Image.fromarray(_normal_image(rng, 24)).save(root / "ok" / f"{i:03d}.png")
+    for i in range(n_bad):
+        Image.fromarray(_defect_image(rng, 24)[0]).save(root / "bad" / f"{i:03d}.png")
+    return root / "ok", root / "bad"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return _folder(tmp_path_factory.mktemp("cli-data"))
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory):
+    """One tiny trained run (plain, 16 px), shared by the tests that only read it."""
+    out = tmp_path_factory.mktemp("cli-run") / "run"
+    ok, bad = data
+    res = CliRunner().invoke(main, ["fit", str(ok), "--anomalies", str(bad), "--out", str(out), "--seed", "1", *TINY])
+    assert res.exit_code == 0, res.output
+    return out, res.output
+
+
+def _one_line_error(res) -> str:
+    """Exit code 2, one 'error: ...' line, no traceback."""
+    assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
+    assert isinstance(res.exception, SystemExit)
+    assert "Traceback" not in res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith(("WARNING", "I0000"))]
+    assert len(lines) == 1 and lines[0].startswith(("error:", "Error:")), res.stderr
+    return lines[0]
+
+
+def test_fit_writes_run_dir_and_report(run):
+    out, text = run
+    info = json.loads((out / "run.json").read_text())
+    assert (out / "model.keras").is_file()
+    assert info["model"] == "plain" and info["interrupted"] is False and info["epochs_run"] == 2
+    assert info["data_summary"]["counts"]["test_anomalous"] == 8
+    assert info["calibration"]["method"] == "mu_k_sigma" and info["calibration"]["threshold"] > 0
+    assert info["metrics"]["auroc"] is not None
+    rep = out / "report"
+    assert json.loads((rep / "metrics.json").read_text())["n_anomalous"] == 8
+    for name in ("histogram.png", "roc.png", "worst_normals.png", "hidden_anomalies.png"):
+        with Image.open(rep / name) as im:
+            im.load()
+    assert "threshold (mu_k_sigma)" in text and "image AUROC" in text
+
+
+def test_same_seed_same_threshold(data, run, tmp_path):
+    ok, bad = data
+    out = tmp_path / "again"
+    res = CliRunner().invoke(main, ["fit", str(ok), "--anomalies", str(bad), "--out", str(out), "--seed", "1", *TINY])
+    assert res.exit_code == 0, res.output
+    a = json.loads((run[0] / "run.json").read_text())
+    b = json.loads((out / "run.json").read_text())
+    assert a["dataset"]["seed"] == b["dataset"]["seed"] == 1
+    assert a["calibration"]["threshold"] == b["calibration"]["threshold"]
+    assert a["history"]["loss"] == b["history"]["loss"]
+
+
+def test_fit_records_every_threshold(run):
+    c = json.loads((run[0] / "run.json").read_text())["calibration"]
+    assert set(c["thresholds"]) == {"mu_k_sigma", "quantile", "far"}  # no anomalies held out: no best_f1
+    assert c["threshold"] == c["thresholds"]["mu_k_sigma"]
+
+
+# quantile and far differ from mu_k_sigma only inside calibrate() (tested there); best_f1 also changes the split.
+@pytest.mark.parametrize("calibration", ["best_f1"])
+def test_every_calibration_mode_through_fit(data, tmp_path, calibration):
+    from training.data import dataset_spec
+    from training.train import FitConfig, fit
+
+    ok, bad = data
+    spec = dataset_spec(str(ok), anomalies=str(bad), calib_anomaly_fraction=0.5 if calibration == "best_f1" else 0)
+    cfg = FitConfig(input_size=16, epochs=1, calibration=calibration, q=0.9, far=0.05, batch_size=8,
+                    model_params={"width": 4, "depth": 2, "latent": 4})
+    info = fit(spec, cfg, tmp_path / calibration, verbose=0)
+    c = info["calibration"]
+    assert c["method"] == calibration and c["threshold"] == c["thresholds"][calibration]
+    if calibration == "best_f1":
+        assert info["data_summary"]["counts"]["calib_anomalous"] == 4
+        assert info["metrics"]["n_anomalous"] == 4  # the calibration anomalies are not tested on
+
+
+def test_ctrl_c_keeps_best_checkpoint(data, tmp_path):
+    import keras
+
+    from training.data import dataset_spec
+    from training.train import FitConfig, fit, load_run
+
+    class CtrlC(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    ok, bad = data
+    cfg = FitConfig(input_size=16, epochs=5, batch_size=8, model_params={"width": 4, "depth": 2, "latent": 4})
+    info = fit(dataset_spec(str(ok), anomalies=str(bad)), cfg, tmp_path / "r", verbose=0, callbacks=[CtrlC()])
+    on_disk = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert on_disk["interrupted"] is True and info["interrupted"] is True
+    assert len(on_disk["history"]["loss"]) == 2  # the two epochs before Ctrl-C are recorded
+    run = load_run(tmp_path / "r")
+    assert run.model.output_shape[1:] == (16, 16, 1)
+    assert on_disk["calibration"]["threshold"] > 0
+
+
+def test_error_missing_folder(tmp_path):
+    line = _one_line_error(CliRunner().invoke(main, ["fit", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]))
+    assert "not found" in line
+
+
+def test_error_empty_dataset(tmp_path):
+    (tmp_path / "empty").mkdir()
+    line = _one_line_error(CliRunner().invoke(main, ["fit", str(tmp_path / "empty"), "--out", str(tmp_path / "r"),
+                                                     *TINY]))
+    assert "no training images" in line
+
+
+def test_error_bad_roi(data, tmp_path):
+    ok, _ = data
+    assert "--roi" in _one_line_error(CliRunner().invoke(main, ["fit", str(ok), "--out", str(tmp_path / "r"),
+                                                                "--roi", "1,2,3"]))
+    # An ROI outside every image: each file is skipped, so no training image is left.
+    line = _one_line_error(CliRunner().invoke(main, ["fit", str(ok), "--out", str(tmp_path / "r"),
+                                                     "--roi", "0,0,500,500", *TINY]))
+    assert "roi" in line
+
+
+def test_error_even_smooth(data, tmp_path):
+    ok, _ = data
+    line = _one_line_error(CliRunner().invoke(main, ["fit", str(ok), "--out", str(tmp_path / "r"), "--smooth", "4"]))
+    assert "--smooth must be odd" in line
+
+
+def test_error_best_f1_without_anomalies(data, tmp_path):
+    ok, _ = data
+    line = _one_line_error(CliRunner().invoke(main, ["fit", str(ok), "--out", str(tmp_path / "r"),
+                                                     "--calibration", "best_f1", *TINY]))
+    assert "best_f1" in line
+    assert not (tmp_path / "r" / "model.keras").exists()  # refused before training
+
+
+def test_error_unconvertible_image_mode(tmp_path):
+    d = tmp_path / "floats"
+    d.mkdir()
+    for i in range(8):
+        Image.fromarray(np.random.default_rng(i).random((20, 20)).astype(np.float32), "F").save(d / f"{i}.tif")
+    line = _one_line_error(CliRunner().invoke(main, ["fit", str(d), "--out", str(tmp_path / "r"), *TINY]))
+    assert "image mode" in line
+
+
+def test_error_evaluate_not_a_run_dir(tmp_path):
+    line = _one_line_error(CliRunner().invoke(main, ["evaluate", str(tmp_path)]))
+    assert "not a run directory" in line
+
+
+def test_evaluate_int8_bundle_matches_edge_detect_score(run, tmp_path):
+    from edge_detect.cli import main as device_main
+
+    out, _ = run
+    bundle = tmp_path / "bundle"
+    res = CliRunner().invoke(main, ["export", str(out), "--out", str(bundle), "--quant", "int8", "--allow-degraded"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["evaluate", str(out), "--bundle", str(bundle), "--variant", "int8", "--json"])
+    assert res.exit_code == 0, res.output
+    m = json.loads([ln for ln in res.stdout.splitlines() if ln.startswith("{")][-1])
+    images, scores = m["scores"]["images"], m["scores"]["test"]
+    assert len(images) == len(scores) == m["n_normal"] + m["n_anomalous"] == 16
+    res = CliRunner().invoke(device_main, ["score", str(bundle), *images, "--variant", "int8", "--json"])
+    assert res.exit_code == 0, res.output
+    dev = {r["image"]: r for r in (json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{"))}
+    assert all(dev[p]["variant"] == "int8" for p in images)
+    np.testing.assert_allclose([dev[p]["score"] for p in images], scores, atol=1e-6, rtol=0)
+    assert (out / "report-int8" / "metrics.json").is_file()

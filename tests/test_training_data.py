@@ -1,0 +1,99 @@
+"""Dataset layouts, reproducible splits, skipped files and the data errors (tiny generated data only)."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_mvtec
+from PIL import Image
+
+from edge_detect.preprocess import Preprocess
+from training.data import DataError, Dataset, load_dataset, read_idx, rebuild_splits
+
+PRE = Preprocess((16, 16), "gray")
+
+
+def test_mvtec_layout_split_masks_and_skipped_files(mvtec_dir, caplog):
+    ds = load_dataset(str(mvtec_dir), seed=3)
+    assert ds.spec["layout"] == "mvtec"
+    # 40 normals + 2 bad files listed; test/good exists so no normals are taken for the test.
+    assert ds.counts() == {"train": 38, "val": 4, "test": 16, "calib": 0}
+    with caplog.at_level(logging.WARNING):
+        splits = rebuild_splits(ds.spec, PRE)
+    assert splits.summary["counts"]["skipped"] == 2
+    assert {Path(f).name for f in splits.summary["skipped_files"]} == {"truncated.png", "notes.txt"}
+    assert "truncated.png" in caplog.text and "notes.txt" in caplog.text  # a warning names each file
+    assert len(splits.x_train) + len(splits.x_val) == 40
+    assert splits.x_train.dtype == np.float32 and splits.x_train.shape[1:] == (16, 16, 1)
+    assert 0.0 <= splits.x_train.min() and splits.x_train.max() <= 1.0
+    assert splits.y_test.tolist().count(1) == 8 and set(splits.test_kinds) == {"good", "square"}
+    assert splits.masks_test.shape == (16, 16, 16) and splits.masks_test[splits.y_test == 1].any(axis=(1, 2)).all()
+    assert not splits.masks_test[splits.y_test == 0].any()
+
+
+def test_split_is_reproducible_from_the_spec(mvtec_dir):
+    a = load_dataset(str(mvtec_dir), seed=1)
+    b = Dataset.from_spec(a.spec)  # what export does with run.json's dataset block
+    assert [it.source for it in a.items("val")] == [it.source for it in b.items("val")]
+    c = load_dataset(str(mvtec_dir), seed=2)
+    assert [it.source for it in a.items("val")] != [it.source for it in c.items("val")]
+    x, kept, skipped = a.arrays("val", PRE)
+    assert len(x) == len(kept) and all(isinstance(it.source, str) for it in kept)
+
+
+def test_folders_layout_holds_out_test_normals(tmp_path):
+    root = write_mvtec(tmp_path / "m", n_train=30, bad_files=False)
+    ds = load_dataset(str(root / "train/good"), anomalies=str(root / "test/square"), test_fraction=0.2, seed=0)
+    assert ds.spec["layout"] == "folders"
+    test = ds.items("test")
+    assert sum(it.label == 0 for it in test) == 6 and sum(it.label == 1 for it in test) == 8
+    assert len(ds.items("train")) + len(ds.items("val")) == 24
+    assert not {it.source for it in test} & {it.source for it in ds.items("train")}
+
+
+def test_class_folder_layout_with_chosen_normal_classes(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, cls, n in (("train", "a", 6), ("train", "b", 6), ("test", "a", 2), ("test", "c", 3)):
+        (tmp_path / split / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+    ds = load_dataset(str(tmp_path), normal_classes=["a"], seed=0)
+    assert ds.spec["layout"] == "classes"
+    assert {it.cls for it in ds.items("train") + ds.items("val")} == {"a"}
+    assert sorted((it.kind, it.label) for it in ds.items("test")) == [("c", 1)] * 3 + [("good", 0)] * 2
+    with pytest.raises(DataError, match="not found"):
+        load_dataset(str(tmp_path), normal_classes=["zebra"])
+
+
+def test_idx_layout_with_normal_label(idx_dir):
+    ds = load_dataset(str(idx_dir), normal_classes=["1"], val_fraction=0.2, seed=0)
+    assert ds.spec["layout"] == "idx"
+    train = ds.items("train") + ds.items("val")
+    assert len(train) == 30 and {it.cls for it in train} == {"1"}
+    assert {it.kind for it in ds.items("test")} == {"good", "class_0", "class_7"}
+    assert all(it.index >= 0 for it in train)  # addressable as (IDX file, index)
+    x, _, skipped = ds.arrays("test", Preprocess((16, 16), "gray"))
+    assert x.shape == (30, 16, 16, 1) and not skipped
+
+
+def test_truncated_idx_is_a_data_error(tmp_path, idx_dir):
+    data = gzip.open(idx_dir / "train-images-idx3-ubyte.gz").read()
+    with gzip.open(tmp_path / "train-images-idx3-ubyte.gz", "wb") as f:
+        f.write(data[: len(data) - 100])
+    read_idx.cache_clear()
+    with pytest.raises(DataError, match="truncated"):
+        load_dataset(str(tmp_path))
+
+
+def test_missing_and_empty_folders(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        load_dataset(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no training images"):
+        load_dataset(str(tmp_path / "empty"))
+    with pytest.raises(DataError, match="val_fraction"):
+        load_dataset(str(tmp_path), val_fraction=1.5)

@@ -1,0 +1,89 @@
+"""training.models: every family builds, trains, and converts to int8 TFLite with Edge TPU ops only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training.models import FAMILIES, build_model, loss_for
+
+pytest.importorskip("tensorflow")
+
+
+def _images(n: int, size: int, c: int = 1, seed: int = 0) -> np.ndarray:
+    """Soft blobs in 0..1, (n, size, size, c) float32."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    out = np.empty((n, size, size, c), np.float32)
+    for i in range(n):
+        cx, cy = rng.uniform(size * 0.3, size * 0.7, 2)
+        out[i] = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (size * 0.8))[..., None]
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_trains_and_maps_to_edgetpu(family, tmp_path):
+    import keras
+
+    from training.export import convert, fixed_batch_model, float_ops, op_table
+
+    keras.utils.set_random_seed(0)
+    params = {"width": 4, "depth": 2, "latent": 4}
+    model = build_model(family, (16, 16, 1), **params)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss_for(family))
+    x = _images(32, 16)
+    h = model.fit(x, x, epochs=2, batch_size=16, verbose=0)
+    assert np.isfinite(h.history["loss"]).all()
+    assert h.history["loss"][-1] < h.history["loss"][0]  # it learns something in two epochs
+    y = np.asarray(model(x[:2], training=False))
+    assert y.shape == x[:2].shape and 0.0 <= y.min() and y.max() <= 1.0  # sigmoid output
+
+    fixed = fixed_batch_model(model, lambda: build_model(family, (16, 16, 1), batch_size=1, **params))
+    flat, _ = convert(fixed, "int8", representative=x[:16])
+    path = tmp_path / f"{family}.tflite"
+    path.write_bytes(flat)
+    rows = op_table(path)
+    ops = {r["op"] for r in rows}
+    assert "RESIZE_NEAREST_NEIGHBOR" in ops or family == "superres" and "AVERAGE_POOL_2D" in ops
+    # UpSampling2D would lower to RESHAPE + TILE (not on the Edge TPU); we use nearest resizes.
+    assert not ops & {"TILE", "RESHAPE", "BROADCAST_TO", "GATHER"}, ops
+    assert float_ops(rows) == [], rows
+    cpu = [r for r in rows if r["edgetpu"] != "tpu" and r.get("reason") != "float input/output boundary"]
+    assert cpu == [], cpu
+
+
+@pytest.mark.parametrize("shape", [(20, 20, 1), (24, 18, 3)])
+def test_sizes_not_divisible_by_the_pooling_and_rgb(shape):
+    m = build_model("plain", shape, width=4, depth=3, latent=4)
+    assert m.output_shape[1:] == shape
+    m = build_model("superres", shape, width=4, depth=2, latent=4, k=2)
+    assert m.output_shape[1:] == shape
+
+
+def test_parameters_change_the_network():
+    small = build_model("plain", (32, 32, 1), width=4, depth=2, latent=4).count_params()
+    wide = build_model("plain", (32, 32, 1), width=8, depth=2, latent=4).count_params()
+    deep = build_model("plain", (32, 32, 1), width=4, depth=3, latent=4).count_params()
+    assert small < wide and small < deep
+    latent = build_model("plain", (32, 32, 1), width=4, depth=2, latent=8)
+    assert latent.get_layer("latent").output.shape[-1] == 8
+
+
+def test_bad_family_and_too_small_input():
+    with pytest.raises(ValueError, match="model must be one of"):
+        build_model("vae", (16, 16, 1))
+    with pytest.raises(ValueError, match="too small"):
+        build_model("plain", (8, 8, 1), depth=4)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "salt_pepper", "speckle"])
+def test_denoising_noise_kinds(kind):
+    from training.train import add_noise
+
+    x = np.full((2, 16, 16, 1), 0.5, np.float32)
+    noisy = np.asarray(add_noise(x, kind, 0.2, seed=1))
+    assert noisy.shape == x.shape and 0.0 <= noisy.min() and noisy.max() <= 1.0
+    assert np.abs(noisy - x).mean() > 0.01
+    assert np.abs(np.asarray(add_noise(x, kind, 0.0, seed=1)) - x).max() < 1e-6  # strength 0: clean
+    with pytest.raises(ValueError):
+        add_noise(x, "blur", 0.1)
