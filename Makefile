@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test lint bench-clean
+.PHONY: demo test lint system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,13 +22,16 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.demo
 	$(BIN)/edge-detect demo
 
-# The integration tests need a real Mosquitto broker; install it when we may (CI runs as root).
-mosquitto:
-	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
-	  else echo "mosquitto is missing: run 'sudo apt-get install mosquitto'" >&2; exit 2; fi; }
+# Integration tests use real system services: Mosquitto (MQTT), sshd (deploy), systemd-analyze (unit checks).
+# Install whichever is missing when we may (CI runs as root).
+SYSTEM_DEPS := mosquitto:/usr/sbin/mosquitto openssh-server:/usr/sbin/sshd systemd:/usr/bin/systemd-analyze
+system-deps:
+	@missing=""; for d in $(SYSTEM_DEPS); do test -x "$${d#*:}" || missing="$$missing $${d%%:*}"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing system packages: run 'sudo apt-get install$$missing'" >&2; exit 2; fi; fi
 
-test: $(VENV)/.test mosquitto
+test: $(VENV)/.test system-deps
 	$(BIN)/ruff check edge_detect edge_deploy training tests bench
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 

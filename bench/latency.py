@@ -30,7 +30,7 @@ import numpy as np
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
 SEARCH_DIRS = ("runs", "bundles")
-BLOCK = 25  # timed calls per configuration before moving to the next one (round-robin)
+BLOCK = 10  # timed calls per configuration before moving to the next one (round-robin, fine-grained for fairness)
 
 
 @dataclass

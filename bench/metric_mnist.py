@@ -155,6 +155,7 @@ def main() -> None:
     ap.add_argument("--n-val", type=int, default=5000)
     ap.add_argument("--max-reference", type=int, default=20000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--name", default="metric_mnist", help="result file bench/results/NAME-<date>.json")
     ap.add_argument("--retrain", action="store_true")
     ap.add_argument("--l2", default="host,graph", help="where to normalise, comma-separated")
     args = ap.parse_args()
@@ -209,7 +210,7 @@ def main() -> None:
         results["reduction"] = reduction(run, cfg, emb_int8, d["y_test"])
     results["train_seconds"] = json.loads((run / "run.json").read_text())["history"].get("train_seconds")
     results["data"] = {"mnist_test": len(x_test), "fashion": f"{len(x_fash)} (dev slice of the training set)"}
-    print("wrote", common.write_result("metric_mnist", results))
+    print("wrote", common.write_result(args.name, results))
 
 
 def spot_check(bundle: Path, d: Dict[str, np.ndarray], s_test: np.ndarray, s_fash: np.ndarray) -> Dict[str, Any]:

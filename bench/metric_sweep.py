@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--name", default="metric_sweep", help="result file bench/results/NAME-<date>.json")
     args = ap.parse_args()
     from training import metric
 
@@ -55,7 +56,7 @@ def main() -> None:
             row.update({f"c{cont}_mnist_normal": r["mnist_normal"], f"c{cont}_fashion_abnormal": r["fashion_abnormal"]})
         rows.append(row)
         common.print_table(rows)
-    print("wrote", common.write_result("metric_sweep", {"rows": rows, "epochs": args.epochs, "width": args.width}))
+    print("wrote", common.write_result(args.name, {"rows": rows, "epochs": args.epochs, "width": args.width}))
 
 
 if __name__ == "__main__":

@@ -419,15 +419,19 @@ def cmd_report(a: argparse.Namespace) -> int:
         doc = _latest(name)
         if doc and "rows" in doc:
             sections[name] = doc["rows"]
-            md += [f"### {name} (from bench/results/{name}-*.json)", common.format_table(doc["rows"], digits=4,
-                                                                                          markdown=True)]
+            # The columns that compare with the references; the JSON keeps everything else.
+            keep = ["run", "model", "aux", "size", "variant", "scorer", "score", "epochs", "auroc", "tnr", "tpr",
+                    "tpr@tnr95", "tpr_at_tnr95", "tnr@thr", "tpr@thr", "train_s"]
+            have = set().union(*(r.keys() for r in doc["rows"]))
+            md += [f"### {name} (from bench/results/{name}-*.json)",
+                   common.format_table(doc["rows"], [c for c in keep if c in have] or None, digits=4, markdown=True)]
     for f in sorted(common.RESULTS_DIR.glob("quality_brickwork_*-*.json")):
         doc = json.loads(f.read_text())
         mf = Path(doc["bundle"]) / "manifest.json"
         score = json.loads(mf.read_text())["scoring"].get("method") if mf.exists() else None
         rj = Path(doc["run"]) / "run.json"
         t = _train_seconds(json.loads(rj.read_text())) if rj.exists() else doc.get("train_seconds")
-        rows = [{**r, "score": score, "train_s": None if t is None else round(t, 1)} for r in doc["rows"]]
+        rows = [{**r, "score": score, "train_s": None if t is None else int(round(t))} for r in doc["rows"]]
         sections[f.stem] = {"rows": rows, "scoring_methods": doc.get("scoring_methods"), "counts": doc["counts"]}
         md += [f"### Brickwork cracks ({f.stem}; {doc['counts']['test/good']} held-out Negative vs "
                f"{doc['counts']['test/crack']} Positive)",

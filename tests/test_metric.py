@@ -32,11 +32,8 @@ def shape_image(rng: np.random.Generator, kind: int) -> np.ndarray:
 
 
 def odd_image(rng: np.random.Generator) -> np.ndarray:
-    """Something no class looks like: inverted polarity (bright field) crossed by a dark checkerboard."""
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    c = rng.integers(3, 5)
-    board = 220.0 - ((yy // c + xx // c + rng.integers(2)) % 2) * 120.0 + rng.normal(0, 8, (SIZE, SIZE))
-    return np.clip(board, 0, 255).astype(np.uint8)
+    """Something no class looks like: inverted polarity, a dark shape on a bright field."""
+    return (255 - shape_image(rng, int(rng.integers(3)))).astype(np.uint8)
 
 
 def _x(imgs) -> np.ndarray:
@@ -60,20 +57,20 @@ def _write_dataset(root: Path, rng: np.random.Generator) -> None:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """The real path: dataset spec -> metric.fit_run -> ``edge-train export`` -> bundle."""
-    from training import metric
-    from training.data import dataset_spec
+    """The real path: ``edge-train fit --model metric`` -> ``edge-train export`` -> bundle."""
+    from training.cli import main as train_main
     from training.export_cli import export_command
-    from training.train import FitConfig
 
     rng = np.random.default_rng(0)
     data = tmp_path_factory.mktemp("data")
     _write_dataset(data, rng)
     run = tmp_path_factory.mktemp("run")
-    spec = dataset_spec(str(data), layout="classes", seed=0)
-    fit_cfg = FitConfig(input_size=SIZE, epochs=20, batch_size=32, learning_rate=3e-3)
-    cfg = metric.MetricConfig(embed_dim=8, alpha=8.0, width=8, head="flatten", n_neighbors=10, contamination=0.05)
-    info = metric.fit_run(spec, fit_cfg, cfg, run, verbose=0)
+    res = CliRunner().invoke(train_main, [
+        "fit", str(data), "--model", "metric", "--out", str(run), "--input-size", str(SIZE), "--epochs", "20",
+        "--batch-size", "32", "--learning-rate", "0.003", "--alpha", "8", "--embed-dim", "8",
+        "--contamination", "0.05", "--quiet"])
+    assert res.exit_code == 0, res.output
+    info = json.loads((run / "run.json").read_text())
     out = tmp_path_factory.mktemp("b") / "bundle"
     res = CliRunner().invoke(export_command, [str(run), "--out", str(out), "--quant", "int8", "--allow-degraded"])
     assert res.exit_code == 0, res.output

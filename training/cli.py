@@ -153,7 +153,8 @@ def fit_family(family: str, spec: Dict[str, Any], cfg: Any, out_dir: Path, opts:
 @click.option("--input-size", type=click.IntRange(8, 1024), default=64, show_default=True, help="Model input, px.")
 @click.option("--color", type=click.Choice(["gray", "rgb"]), default="gray", show_default=True)
 @click.option("--roi", help="Crop x,y,width,height (source px) before resizing.")
-@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=10, show_default=True,
+              help="Training epochs (10: MNIST's validation loss is flat by then; see docs/BENCHMARKS.md).")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--learning-rate", type=click.FloatRange(0.0, 1.0, min_open=True), default=1e-3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Makes the split and the training reproducible.")
@@ -175,7 +176,8 @@ def fit_family(family: str, spec: Dict[str, Any], cfg: Any, out_dir: Path, opts:
               help="Training loss (default: mae; ssim_l1 for dilated).")
 @click.option("--patience", type=click.IntRange(0), default=0, help="Early stopping patience, epochs (0: off).")
 @click.option("--backbone", default="cnn", show_default=True, help="metric: cnn, mobilenetv2-0.35, mobilenetv2-0.5.")
-@click.option("--alpha", type=float, default=16.0, show_default=True, help="metric: L2-softmax scale.")
+@click.option("--alpha", type=float, default=4.0, show_default=True,
+              help="metric: L2-softmax scale (4 measured best, docs/BENCHMARKS.md).")
 @click.option("--embed-dim", type=click.IntRange(2, 1024), default=64, show_default=True,
               help="metric: embedding size.")
 @click.option("--aux", type=click.Path(), help="metric: folder of unrelated images (outlier exposure).")

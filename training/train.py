@@ -37,7 +37,7 @@ class FitConfig:
     color: str = "gray"
     roi: Optional[Tuple[int, int, int, int]] = None
     resize: str = "bilinear"
-    epochs: int = 30
+    epochs: int = 10
     batch_size: int = 32
     learning_rate: float = 1e-3
     seed: int = 0
