@@ -19,9 +19,9 @@ import train_sweep
 
 # 28 px needs no resize; two pooling levels keep 7x7 at the bottleneck.
 DEFAULT_CONFIGS = (
-    "plain:family=plain,input_size=28,depth=2",
-    "denoising:family=denoising,input_size=28,depth=2,noise_strength=0.2",
-    "superres:family=superres,input_size=28,depth=2,k=2",
+    "plain:family=plain,input_size=28,width=16,depth=2,latent=16",
+    "denoising:family=denoising,input_size=28,width=16,depth=2,latent=16,noise_strength=0.2",
+    "superres:family=superres,input_size=28,width=16,depth=2,latent=16,k=2",
 )
 
 

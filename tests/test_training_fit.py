@@ -1,4 +1,7 @@
-"""End-to-end training on tiny generated data: run directory, report, load_run, Ctrl-C, --seed."""
+"""Training on the MVTec layout (masks, pixel metrics, load_run, evaluate --data) and argument checks.
+
+Ctrl-C, --seed and the other error paths are in tests/test_training_cli.py.
+"""
 
 from __future__ import annotations
 
@@ -64,32 +67,18 @@ def test_dilated_with_best_f1_on_held_out_anomalies(mvtec_dir, tmp_path):
     assert info["scoring"]["method"] == "ssim"
 
 
-@pytest.mark.slow
-def test_ctrl_c_keeps_the_best_checkpoint_and_writes_run_json(idx_dir, tmp_path):
-    import keras
-
-    class CtrlC(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch == 1:
-                raise KeyboardInterrupt
-
-    spec = dataset_spec(str(idx_dir), normal_classes=["1"], val_fraction=0.2, seed=0)
-    cfg = FitConfig(family="denoising", input_size=16, epochs=5, noise="salt_pepper", noise_strength=0.2,
-                    calibration="quantile", q=0.95, model_params=TINY)
-    info = fit(spec, cfg, tmp_path / "run", verbose=0, callbacks=[CtrlC()])
-    assert info["interrupted"] is True and len(info["history"]["loss"]) == 2
-    assert (tmp_path / "run" / "model.keras").is_file()
-    saved = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert saved["interrupted"] is True and saved["calibration"]["method"] == "quantile"
-    assert saved["metrics"]["per_kind"].keys() == {"class_0", "class_7"}
-
-
-@pytest.mark.slow
-def test_same_seed_same_run(idx_dir, tmp_path):
-    spec = dataset_spec(str(idx_dir), normal_classes=["1"], val_fraction=0.2, seed=0)
-    cfg = FitConfig(family="superres", input_size=16, epochs=1, seed=7, model_params={**TINY, "depth": 1, "k": 2})
-    a = fit(spec, cfg, tmp_path / "a", verbose=0)
-    b = fit(spec, cfg, tmp_path / "b", verbose=0)
-    assert a["model_params"]["k"] == 2
-    assert a["calibration"]["threshold"] == pytest.approx(b["calibration"]["threshold"], rel=1e-6)
-    assert a["history"]["loss"] == pytest.approx(b["history"]["loss"], rel=1e-6)
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--input-size", "3"], "--input-size"),
+        (["--model", "vae"], "--model"),
+        (["--color", "cmyk"], "--color"),
+        (["--val-fraction", "1.5"], "--val-fraction"),
+        (["--calibration", "median"], "--calibration"),
+        (["--epochs", "0"], "--epochs"),
+    ],
+)
+def test_bad_arguments_are_one_line_exit_2(mvtec_dir, tmp_path, args, needle):
+    res = CliRunner().invoke(main, ["fit", str(mvtec_dir), "--out", str(tmp_path / "run"), *args])
+    assert res.exit_code == 2 and "Traceback" not in res.output and needle in res.output, res.output
+    assert not (tmp_path / "run").exists()
