@@ -384,3 +384,43 @@ class Mosquitto:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+# --- image subsets and a briefly trained autoencoder (heatmap / synthetic-anomaly benches) ------
+
+
+def image_files(folder: Path, n: int, seed: int = 0, skip: int = 0) -> List[Path]:
+    """``n`` images of ``folder`` in a seeded random order, after skipping the first ``skip``."""
+    fs = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    idx = np.random.default_rng(seed).permutation(len(fs))
+    return [fs[i] for i in idx[skip : skip + n]]
+
+
+def split_files(folder: Path, sizes: Sequence[int], seed: int = 0) -> tuple:
+    """Disjoint random subsets of a folder's images, of the given sizes."""
+    out, start = [], 0
+    for n in sizes:
+        out.append(image_files(folder, n, seed, start))
+        start += n
+    return tuple(out)
+
+
+def train_ae(x: np.ndarray, epochs: int, seed: int = 0, width: int = 16, depth: int = 3) -> Any:
+    """training.models' ``plain`` autoencoder fitted on ``x`` (N, H, W, C) with MAE; imports Keras lazily."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+
+    from training.models import build_model, loss_for
+
+    keras.utils.set_random_seed(seed)
+    m = build_model("plain", tuple(x.shape[1:]), width=width, depth=depth, latent=width)
+    m.compile(optimizer=keras.optimizers.Adam(2e-3), loss=loss_for("plain", "mae"))
+    m.fit(x, x, batch_size=32, epochs=epochs, verbose=0, shuffle=True)
+    return m
+
+
+def auroc_split(neg: np.ndarray, pos: np.ndarray) -> float:
+    """AUROC of normal scores ``neg`` against anomalous scores ``pos`` (training.metrics.auroc)."""
+    from training.metrics import auroc
+
+    return auroc(np.r_[neg, pos], np.r_[np.zeros(len(neg)), np.ones(len(pos))])

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import common
 import numpy as np
-import small_ae
 
 DATASETS = {"casting": ("casting/train/ok_front", "brickwork-cracks/Negative", 600),
             "brickwork": ("brickwork-cracks/Negative", "casting/train/ok_front", 300)}
@@ -47,7 +46,7 @@ def run(name: str, base: Path, a: argparse.Namespace) -> dict:
 
     nf, ff, n_tr = DATASETS[name]
     pre = Preprocess(size=(64, 64), color="gray")
-    tr, va, te = small_ae.split(base / nf, [n_tr, 40, a.n_test], a.seed)
+    tr, va, te = common.split_files(base / nf, [n_tr, 40, a.n_test], a.seed)
     x_tr, x_va, x_te = pre.batch(tr), pre.batch(va), pre.batch(te)
     foreign = load_foreign(base / ff, limit=64, seed=a.seed)
     test = synthesize(x_te, a.n_test, seed=a.seed + 7, foreign=foreign)

@@ -1,6 +1,6 @@
 """What heatmaps and anomaly regions cost on the device, against the frame time.
 
-A 128x128 gray autoencoder (bench/small_ae.py) is trained briefly on casting ok_front, converted
+A 128x128 gray autoencoder (training.models' plain family) is trained briefly on casting ok_front, converted
 to float32 and int8 TFLite and written as a bundle whose calibration carries a pixel threshold
 from normal validation maps. Then, on casting images (ok and def), per frame:
 
@@ -21,7 +21,6 @@ from pathlib import Path
 
 import common
 import numpy as np
-import small_ae
 
 
 def main() -> int:
@@ -39,16 +38,18 @@ def main() -> int:
     from edge_detect.heatmap import Heatmapper, source_size
     from edge_detect.preprocess import Preprocess
     from training.export import convert, fixed_batch_model
+    from training.models import build_model
     from training.pixel_metrics import pixel_calibration
 
     size = 128
     pre = Preprocess(size=(size, size))
-    tr, va = small_ae.split(casting / "ok_front", [a.train, 100])
+    tr, va = common.split_files(casting / "ok_front", [a.train, 100])
     x_tr, x_va = pre.batch(tr), pre.batch(va)
     t0 = time.time()
-    model = small_ae.train(x_tr, a.epochs)
+    model = common.train_ae(x_tr, a.epochs)
     print(f"trained {len(x_tr)} images x {a.epochs} epochs in {time.time() - t0:.0f} s")
-    fixed = fixed_batch_model(model, lambda: small_ae.build(size, batch_size=1))
+    fixed = fixed_batch_model(model,
+                             lambda: build_model("plain", (size, size, 1), batch_size=1, width=16, depth=3, latent=16))
     work = Path(tempfile.mkdtemp(prefix="heatmap-cost-"))
     files, variants = {}, {}
     for v in ("float32", "int8"):
@@ -66,7 +67,7 @@ def main() -> int:
                 "variants": variants, "default_variant": "float32"}
     b = write_bundle(work / "bundle", manifest, files)
     rows = []
-    ok, bad = small_ae.files(casting / "ok_front", a.n // 2, skip=a.train + 100), small_ae.files(
+    ok, bad = common.image_files(casting / "ok_front", a.n // 2, skip=a.train + 100), common.image_files(
         casting / "def_front", a.n // 2)
     frames = [p.read_bytes() for p in ok + bad]
     for v in ("float32", "int8"):

@@ -135,11 +135,7 @@ def rates(s_mnist: np.ndarray, s_fashion: np.ndarray, thr: float) -> Dict[str, f
     return {"mnist_normal": float((s_mnist <= thr).mean()), "fashion_abnormal": float((s_fashion > thr).mean())}
 
 
-def auroc(neg: np.ndarray, pos: np.ndarray) -> float:
-    s = np.concatenate([neg, pos])
-    r = np.argsort(np.argsort(s, kind="stable"), kind="stable") + 1.0
-    return float((r[len(neg):].sum() - len(pos) * (len(pos) + 1) / 2) / (len(neg) * len(pos)))
-
+auroc = common.auroc_split
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -52,19 +52,7 @@ REF_CRACKS = "91-98% of cracks detected (same method)"
 # -- metrics (numpy only, so the bench needs nothing beyond the device stack) -------------------------
 
 
-def auroc(neg: np.ndarray, pos: np.ndarray) -> float:
-    """P(score of an anomaly > score of a normal), ties counted half (Mann-Whitney U)."""
-    s = np.concatenate([neg, pos]).astype(np.float64)
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s))
-    sorted_s = s[order]
-    # Average ranks over ties.
-    _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
-    avg = first + (counts - 1) / 2.0 + 1
-    ranks[order] = np.repeat(avg, counts)
-    r_pos = ranks[len(neg):].sum()
-    return float((r_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
-
+auroc = common.auroc_split
 
 def rates_at(neg: np.ndarray, pos: np.ndarray, threshold: float) -> Dict[str, float]:
     """TNR (normals accepted) and TPR (anomalies caught) with ``score > threshold`` = anomaly."""

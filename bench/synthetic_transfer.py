@@ -1,7 +1,7 @@
 """Do thresholds calibrated on synthetic anomalies hold on real ones (and the other way round)?
 
 Per dataset (casting ok/def_front, brickwork Negative/Positive), 64x64 gray, a small autoencoder
-(bench/small_ae.py) trained on normals, score = max of the 5 px box-smoothed |error| (max_smooth):
+(training.models' plain family) trained on normals, score = max of the 5 px box-smoothed |error| (max_smooth):
 
 * synthetic -> real: best-F1 threshold between normal calibration images and synthetic anomalies
   made from them (training.synthetic.synthetic_calibration); TNR / TPR on held-out real normals /
@@ -22,7 +22,6 @@ import time
 
 import common
 import numpy as np
-import small_ae
 
 DATASETS = {
     # name: (normal folder, anomalous folder, foreign folder, normal train/cal/test, anomalous cal/test, epochs)
@@ -37,13 +36,7 @@ def rates(normal: np.ndarray, anomal: np.ndarray, thr: float) -> dict:
     return {"tnr": float((normal <= thr).mean()), "tpr": float((anomal > thr).mean())}
 
 
-def auroc(normal: np.ndarray, anomal: np.ndarray) -> float:
-    from training.pixel_metrics import pixel_auroc
-
-    s = np.r_[normal, anomal][None, None]
-    y = np.r_[np.zeros(len(normal), bool), np.ones(len(anomal), bool)][None, None]
-    return float(pixel_auroc(s, y))
-
+auroc = common.auroc_split
 
 def run(name: str, base, epochs: int, seed: int) -> list:
     from edge_detect.preprocess import Preprocess
@@ -53,12 +46,12 @@ def run(name: str, base, epochs: int, seed: int) -> list:
     nf, af, ff, (n_tr, n_cal, n_te), (a_cal, a_te), ep = DATASETS[name]
     ep = epochs or ep
     pre = Preprocess(size=(64, 64), color="gray")
-    tr, cal, te = small_ae.split(base / nf, [n_tr, n_cal, n_te], seed)
-    acal, ate = small_ae.split(base / af, [a_cal, a_te], seed)
+    tr, cal, te = common.split_files(base / nf, [n_tr, n_cal, n_te], seed)
+    acal, ate = common.split_files(base / af, [a_cal, a_te], seed)
     x_tr, x_cal, x_te, xa_cal, xa_te = (pre.batch(f) for f in (tr, cal, te, acal, ate))
     foreign = load_foreign(base / ff, limit=64, seed=seed)
     t0 = time.time()
-    model = small_ae.train(x_tr, ep, seed, width=16, depth=3)
+    model = common.train_ae(x_tr, ep, seed, width=16, depth=3)
     train_s = time.time() - t0
 
     def score(x: np.ndarray) -> np.ndarray:

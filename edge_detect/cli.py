@@ -10,15 +10,7 @@ from typing import Optional, Tuple
 import click
 
 from . import __version__
-
-
-class UserError(click.ClickException):
-    """A one-line error for bad input; exit code 2, no traceback."""
-
-    exit_code = 2
-
-    def show(self, file=None) -> None:  # noqa: ANN001 - click's signature
-        click.echo(f"error: {self.format_message()}", err=True)
+from .errors import UserError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

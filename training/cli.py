@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import click
 
 from edge_detect import __version__
+from edge_detect.errors import UserError
 
 from .calibrate import MODES
 from .data import LAYOUTS, DataError, dataset_spec
@@ -19,15 +20,6 @@ from .models import LOSSES
 
 AE_FAMILIES = ("plain", "denoising", "superres", "dilated")
 SCORES = ("mse", "mae", "ssim", "max_smooth")
-
-
-class UserError(click.ClickException):
-    """A one-line error for bad input: exit code 2, no traceback."""
-
-    exit_code = 2
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
 
 
 class Interrupted(UserError):

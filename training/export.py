@@ -34,6 +34,7 @@ from edge_detect.bundle import Bundle, pack, write_bundle
 from edge_detect.detector import Detector
 from edge_detect.preprocess import Preprocess
 from edge_detect.runtime import TFLiteModel, model_ops
+from training.metrics import aupr, auroc, rates
 from training.pixel_metrics import pixel_calibration
 
 VARIANTS = ("float32", "float16", "dynamic", "int8", "int8_io", "int8_edgetpu")
@@ -317,44 +318,10 @@ def parse_edgetpu_log(text: str) -> Dict[str, Any]:
 # -- scoring through the device code, metrics, calibration --------------------------------------
 
 
-def _labels(y: np.ndarray) -> np.ndarray:
-    return np.asarray(y).astype(bool)
-
-
 def rank_metrics(scores: np.ndarray, labels: np.ndarray) -> Dict[str, Optional[float]]:
-    """Image AUROC and AUPR (average precision; anomaly = positive); None when one class is missing."""
-    y = _labels(labels)
-    s = np.asarray(scores, np.float64)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return {"auroc": None, "aupr": None}
-    # AUROC = Mann-Whitney U / (n_pos * n_neg), with average ranks for ties.
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), np.float64)
-    sorted_s = s[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_s)) + 1]
-    ends = np.r_[starts[1:], len(s)]
-    for a, b in zip(starts, ends):
-        ranks[order[a:b]] = (a + b + 1) / 2.0
-    auroc = (ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
-    # Average precision over distinct thresholds, highest score first (scikit-learn's definition).
-    desc = np.argsort(-s, kind="mergesort")
-    tp = np.cumsum(y[desc])
-    last = np.r_[np.flatnonzero(np.diff(s[desc])), len(s) - 1]
-    precision = tp[last] / (last + 1.0)
-    recall = tp[last] / n_pos
-    aupr = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-    return {"auroc": float(auroc), "aupr": aupr}
-
-
-def rates(scores: np.ndarray, labels: np.ndarray, threshold: float) -> Dict[str, Optional[float]]:
-    """TNR and TPR (fractions) at ``threshold``, with the device's rule: anomalous if score > threshold."""
-    y = _labels(labels)
-    pred = np.asarray(scores) > threshold
-    return {
-        "tnr": float((~pred[~y]).mean()) if (~y).any() else None,
-        "tpr": float(pred[y].mean()) if y.any() else None,
-    }
+    """Image AUROC and AUPR (``training.metrics``); both None when one class is missing."""
+    a = auroc(scores, labels)
+    return {"auroc": a, "aupr": None if a is None else aupr(scores, labels)}
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> Dict[str, Optional[float]]:
@@ -653,7 +620,7 @@ def export_bundle(
 
 def _per_defect(scores: np.ndarray, y: np.ndarray, kinds: Sequence[str], threshold: float) -> Dict[str, Any]:
     """AUROC and TPR of each defect type against all test normals."""
-    y = _labels(y)
+    y = np.asarray(y).astype(bool)
     kinds_a = np.asarray(kinds)
     out = {}
     for k in sorted(set(kinds_a[y].tolist())):

@@ -23,16 +23,9 @@ from typing import Any, Optional, Tuple
 
 import click
 
+from edge_detect.errors import UserError
+
 from .export import QUANT_CHOICES, DataSplits, ExportError, ExportSpec, ParityError, export_bundle
-
-
-class _UserError(click.ClickException):
-    """One line on stderr, exit code 2: bad arguments or a run directory we can't read."""
-
-    exit_code = 2
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
 
 
 def _field(obj: Any, name: str, default: Any = None) -> Any:
@@ -132,9 +125,9 @@ def export_command(run_dir: Path, out: Path, quant: str, name: Optional[str], mo
                    io_dtype: str, allow_degraded: bool, archive: bool) -> None:
     """Convert RUN_DIR's model to TFLite variants, check parity, and write the device bundle."""
     if not run_dir.is_dir():
-        raise _UserError(f"run directory not found: {run_dir}")
+        raise UserError(f"run directory not found: {run_dir}")
     if out.resolve() == run_dir.resolve():
-        raise _UserError("--out must not be the run directory")
+        raise UserError("--out must not be the run directory")
     try:
         spec, data = inputs_from_run(run_dir, name, model_version)
         res = export_bundle(spec, data, out, quant=quant, allow_degraded=allow_degraded, archive=archive,
@@ -143,7 +136,7 @@ def export_command(run_dir: Path, out: Path, quant: str, name: Optional[str], mo
         click.echo(f"error: export failed: {e}", err=True)
         sys.exit(1)
     except ExportError as e:
-        raise _UserError(str(e)) from None
+        raise UserError(str(e)) from None
     b = res.bundle
     sizes = ", ".join(f"{v} {spec_['size_bytes'] / 1024:.1f} KB" for v, spec_ in b.variants.items())
     click.echo(f"bundle {b.path}: {b.name} {b.version}, default {b.default_variant()}; {sizes}")

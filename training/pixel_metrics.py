@@ -15,6 +15,8 @@ import numpy as np
 
 from edge_detect.heatmap import PIXEL_QUANTILE, calibrate_pixel_threshold, label, pixel_map
 
+from .metrics import auroc
+
 MAX_FPR = 0.3
 
 
@@ -31,26 +33,10 @@ def _check(maps: np.ndarray, masks: np.ndarray) -> tuple:
 def pixel_auroc(maps: np.ndarray, masks: np.ndarray) -> Optional[float]:
     """Area under the ROC of every pixel's map value against its mask label; None without both classes.
 
-    Ties count half (Mann-Whitney U with average ranks).
+    Ties count half, as in ``training.metrics.auroc``.
     """
     maps, masks = _check(maps, masks)
-    s, y = maps.ravel(), masks.ravel()
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return None
-    order = np.argsort(s, kind="mergesort")
-    ss = s[order]
-    # Average rank of each tie group (1-based).
-    first = np.r_[True, ss[1:] != ss[:-1]]
-    group = np.cumsum(first) - 1
-    starts = np.nonzero(first)[0]
-    ends = np.r_[starts[1:], ss.size]
-    avg = (starts + ends + 1) / 2.0
-    ranks = np.empty(s.size)
-    ranks[order] = avg[group]
-    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    return auroc(maps.ravel(), masks.ravel())
 
 
 def pro_curve(maps: np.ndarray, masks: np.ndarray) -> Dict[str, np.ndarray]:
