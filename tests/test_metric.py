@@ -103,6 +103,17 @@ def test_bundle_carries_reference_and_int8_embedder(trained):
     assert spec["shape"] == [1, 8]
 
 
+def test_evaluate_metric_run_through_its_bundle(trained):
+    from training.cli import main as train_main
+
+    run, bundle = str(trained["run"]), str(trained["bundle"])
+    res = CliRunner().invoke(train_main, ["evaluate", run, "--bundle", bundle, "--variant", "int8", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output.strip().splitlines()[-1])["auroc"] > 0.8
+    res = CliRunner().invoke(train_main, ["evaluate", run])
+    assert res.exit_code == 2 and "--bundle" in res.output and "Traceback" not in res.output
+
+
 def test_edge_detect_score_flags_odd_images_and_classifies(trained, tmp_path):
     from edge_detect.cli import main
     from edge_detect.detector import Detector

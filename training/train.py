@@ -259,9 +259,10 @@ def evaluate_run(
 
     spec: the dataset to evaluate on (default: the run's own held-out split).
     """
-    run = load_run(run_dir)
-    spec = spec or run.dataset
+    info = json.loads((Path(run_dir) / "run.json").read_text())
+    spec = spec or info["dataset"]
     if bundle is not None:
+        # The device's own code path; the Keras model is not needed (nor loaded).
         from edge_detect.detector import Detector
 
         det = Detector(bundle, variant=variant)
@@ -270,7 +271,12 @@ def evaluate_run(
         val_scores = det.infer(splits.x_val)[0]
         threshold = det.threshold
         where = f"bundle {bundle} variant {det.variant}"
+    elif info.get("family") == "metric":
+        # A metric run scores embeddings against the reference set that export writes into the bundle.
+        raise ValueError(f"metric runs are evaluated through their bundle: edge-train export {run_dir} --out B, "
+                         f"then edge-train evaluate {run_dir} --bundle B")
     else:
+        run = load_run(run_dir)
         splits = rebuild_splits(spec, run.preprocess)
         scores, maps = score_keras(run.model, run.scorer, splits.x_test)
         val_scores = score_keras(run.model, run.scorer, splits.x_val)[0]
