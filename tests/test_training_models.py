@@ -87,3 +87,9 @@ def test_denoising_noise_kinds(kind):
     assert np.abs(np.asarray(add_noise(x, kind, 0.0, seed=1)) - x).max() < 1e-6  # strength 0: clean
     with pytest.raises(ValueError):
         add_noise(x, "blur", 0.1)
+
+
+def test_cli_choices_mirror_the_model_module():
+    from training import cli, models
+
+    assert cli.AE_FAMILIES == models.FAMILIES and cli.LOSSES == models.LOSSES

@@ -16,9 +16,11 @@ from edge_detect.errors import UserError
 
 from .calibrate import MODES
 from .data import LAYOUTS, DataError, dataset_spec
-from .models import LOSSES
 
+# Mirrors of training.models.FAMILIES / LOSSES (a test keeps them equal): importing models loads
+# Keras, which would add seconds to every `edge-train --help`.
 AE_FAMILIES = ("plain", "denoising", "superres", "dilated")
+LOSSES = ("mae", "mse", "ssim_l1")
 SCORES = ("mse", "mae", "ssim", "max_smooth")
 
 
