@@ -36,7 +36,8 @@ def tpr_at_tnr(neg: np.ndarray, pos: np.ndarray, tnr: float = 0.95) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", help="shared data folder (default ../shared/data)")
-    ap.add_argument("--aux", default="brickwork", choices=("brickwork", "synthetic"))
+    ap.add_argument("--aux", default="brickwork", choices=("brickwork", "synthetic", "both"))
+    ap.add_argument("--head", default="gap", choices=("gap", "flatten"))
     ap.add_argument("--size", type=int, default=64, help="input size, px")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--alpha", type=float, default=16.0)
@@ -56,18 +57,22 @@ def main() -> None:
     perm = rng.permutation(len(ok))
     n_test, n_val = int(0.2 * len(ok)), int(0.1 * len(ok))
     test_ok, val, train = ok[perm[:n_test]], ok[perm[n_test : n_test + n_val]], ok[perm[n_test + n_val :]]
-    if args.aux == "brickwork":
-        aux = pp.batch(files(brick_dir / "Negative") + files(brick_dir / "Positive"))
-    else:
+    parts_aux = []
+    if args.aux in ("brickwork", "both"):
+        parts_aux.append(pp.batch(files(brick_dir / "Negative") + files(brick_dir / "Positive")))
+    if args.aux in ("synthetic", "both"):
         from training.synthetic import outlier_exposure
 
-        aux = outlier_exposure(train, len(train) // 2, seed=args.seed, foreign=brick_dir)[0]
+        parts_aux.append(outlier_exposure(train, len(train) // 2, seed=args.seed, foreign=brick_dir)[0])
+    aux = np.concatenate(parts_aux)
 
     from training import export as E
     from training import metric
 
-    run = Path(args.work) / f"run-{args.aux}-{args.size}"
+    tag = f"{args.aux}-{args.size}" + ("" if args.head == "gap" else f"-{args.head}")
+    run = Path(args.work) / f"run-{tag}"
     cfg = metric.MetricConfig(embed_dim=args.embed_dim, alpha=args.alpha, width=args.width, epochs=args.epochs,
+                              head=args.head,
                               batch_size=64, seed=args.seed, contamination=0.01)
     t0 = time.time()
     fit = metric.fit_metric(run, cfg, train, None, val, None, aux, verbose=2)
@@ -80,7 +85,7 @@ def main() -> None:
                         calibration=fit["calibration"], calibrate=parts["calibrate"], family="metric",
                         name=f"metric-casting-{args.aux}", model_params=parts["model_params"],
                         rebuild=parts["rebuild"], arrays=parts["arrays"])
-    bundle = Path(args.work) / f"bundle-{args.aux}-{args.size}"
+    bundle = Path(args.work) / f"bundle-{tag}"
     E.export_bundle(spec, E.DataSplits(train, val, x_test, y_test), bundle, quant="int8", allow_degraded=True,
                     echo=print)
 
@@ -101,7 +106,7 @@ def main() -> None:
                      "auroc": auroc(s2[y_test == 0], s2[y_test == 1]),
                      "tpr@tnr95": tpr_at_tnr(s2[y_test == 0], s2[y_test == 1])})
     common.print_table(rows)
-    print("wrote", common.write_result(f"metric_casting_{args.aux}_{args.size}",
+    print("wrote", common.write_result(f"metric_casting_{tag.replace('-', '_')}",
                                        {"rows": rows, "train_seconds": train_s, "config": cfg.__dict__,
                                         "n": {"train": len(train), "val": len(val), "test_ok": len(test_ok),
                                               "test_def": len(bad), "aux": len(aux)}}))

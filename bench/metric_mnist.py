@@ -75,6 +75,20 @@ def train(args: argparse.Namespace, d: Dict[str, np.ndarray], pp: Preprocess, ru
     perm = rng.permutation(len(d["x_train"]))
     val, tr = perm[: args.n_val], perm[args.n_val :]
     x = to_input(pp, d["x_train"])
+    x_fit, y_fit, n_classes = x[tr], d["y_train"][tr].astype(np.int64), 10
+    if args.synthetic_aux:
+        # Outlier exposure from the digits alone: synthetic anomalies become an 11th class, "other".
+        from training.synthetic import KINDS, synthesize
+
+        kinds = tuple(args.kinds.split(",")) if args.kinds else KINDS
+        x_syn = synthesize(x_fit, int(args.synthetic_aux * len(x_fit)), seed=args.seed, kinds=kinds,
+                           scale=args.syn_scale).images
+        x_fit, y_fit, n_classes = np.concatenate([x_fit, x_syn]), np.r_[y_fit, np.full(len(x_syn), 10)], 11
+    if args.aux:
+        # Outlier exposure with unrelated real pictures (any folders), as in `edge-train fit --aux`.
+        x_aux = np.concatenate([metric.load_aux(a, pp) for a in args.aux.split(",")])
+        x_fit, y_fit = np.concatenate([x_fit, x_aux]), np.r_[y_fit, np.full(len(x_aux), 10)]
+        n_classes = 11
     model_path = run / "model.keras"
     if model_path.exists() and not args.retrain:
         import keras
@@ -86,7 +100,7 @@ def train(args: argparse.Namespace, d: Dict[str, np.ndarray], pp: Preprocess, ru
         hist = json.loads((run / "run.json").read_text()).get("history", {})
     else:
         t0 = time.time()
-        model, hist = metric.train_embedder(x[tr], d["y_train"][tr].astype(np.int64), 10, cfg,
+        model, hist = metric.train_embedder(x_fit, y_fit, n_classes, cfg,
                                             x[val], d["y_train"][val].astype(np.int64), verbose=2)
         hist["train_seconds"] = time.time() - t0
         run.mkdir(parents=True, exist_ok=True)
@@ -151,6 +165,11 @@ def main() -> None:
     ap.add_argument("--n-val", type=int, default=5000)
     ap.add_argument("--max-reference", type=int, default=20000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--synthetic-aux", type=float, default=0.0,
+                    help="synthetic anomalies per training digit, as an 11th 'other' class (outlier exposure)")
+    ap.add_argument("--kinds", help="synthetic anomaly kinds, comma-separated (default: all)")
+    ap.add_argument("--syn-scale", type=float, default=1.0, help="synthetic anomaly size (1: 2-12%% of the area)")
+    ap.add_argument("--aux", help="folders of unrelated pictures, comma-separated, as an 'other' class")
     ap.add_argument("--name", default="metric_mnist", help="result file bench/results/NAME-<date>.json")
     ap.add_argument("--retrain", action="store_true")
     ap.add_argument("--l2", default="host,graph", help="where to normalise, comma-separated")
@@ -159,7 +178,10 @@ def main() -> None:
     d = load(data)
     pp = Preprocess(size=(28, 28), color="gray", resize="bilinear")
     work = Path(args.work)
-    run = work / f"run-{args.head}-a{args.alpha:g}-d{args.embed_dim}-w{args.width}-e{args.epochs}"
+    run = work / (f"run-{args.head}-a{args.alpha:g}-d{args.embed_dim}-w{args.width}-e{args.epochs}"
+                  + (f"-oe{args.synthetic_aux:g}s{args.syn_scale:g}"
+                     f"{('-' + args.kinds.replace(',', '+')) if args.kinds else ''}" if args.synthetic_aux else "")
+                  + ("-aux" + "+".join(Path(a).name for a in args.aux.split(",")) if args.aux else ""))
     model, cfg = train(args, d, pp, run)
     val = np.asarray(json.loads((run / "run.json").read_text())["val_index"])
     x_all = to_input(pp, d["x_train"])

@@ -115,7 +115,7 @@ def best(rows: Sequence[Dict[str, Any]], key: str = "auroc") -> Optional[Dict[st
 
 def parse_configs(items: Sequence[str], base: Dict[str, Any]) -> List[Tuple[str, Dict[str, Any]]]:
     """``name:key=value,key=value`` strings into (name, FitConfig kwargs); model params go to model_params."""
-    model_keys = {"width", "depth", "latent", "k"}
+    model_keys = {"width", "depth", "latent", "k", "skips"}
     out = []
     for item in items:
         name, _, rest = item.partition(":")

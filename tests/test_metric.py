@@ -166,6 +166,27 @@ def test_outlier_exposure_needs_aux_and_trains_two_classes():
     assert (n, multi, len(xx)) == (2, False, 30) and y.sum() == 10
 
 
+def test_single_class_with_synthetic_outlier_exposure_from_the_cli(tmp_path):
+    """One normal class and no aux folder: --synthetic-aux makes the 'other' class from the normals."""
+    from training.cli import main as train_main
+
+    rng = np.random.default_rng(2)
+    for name, make, n in (("good", lambda: shape_image(rng, 1), 60), ("bad", lambda: odd_image(rng), 8)):
+        (tmp_path / name).mkdir()
+        for i in range(n):
+            Image.fromarray(make(), "L").save(tmp_path / name / f"{i}.png")
+    args = ["fit", str(tmp_path / "good"), "--anomalies", str(tmp_path / "bad"), "--model", "metric",
+            "--input-size", str(SIZE), "--epochs", "3", "--embed-dim", "8", "--scorer", "knn", "--quiet"]
+    res = CliRunner().invoke(train_main, [*args, "--out", str(tmp_path / "none")])
+    assert res.exit_code == 2 and "--synthetic-aux" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(train_main, [*args, "--out", str(tmp_path / "run"), "--synthetic-aux", "1"])
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    aux = info["data_summary"]["aux"]
+    assert aux["synthetic"] == aux["count"] == info["data_summary"]["counts"]["train"] > 0
+    assert info["metrics"]["n_anomalous"] == 8 and info["n_classes"] == 2
+
+
 def test_config_rejects_bad_values():
     from training import metric
 

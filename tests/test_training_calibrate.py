@@ -21,8 +21,14 @@ def test_best_f1_separates_and_needs_anomalies():
     c = cal.calibrate(normal, "best_f1", anomalous)
     assert c["threshold"] == pytest.approx(r["threshold"])
     assert set(c["thresholds"]) == {"mu_k_sigma", "quantile", "far", "best_f1"}
-    with pytest.raises(ValueError, match="labelled anomalies"):
+    with pytest.raises(ValueError, match="needs anomaly scores"):
         cal.calibrate(normal, "best_f1")
+    # synthetic: the same rule on synthetic anomalies' scores, under its own name
+    c = cal.calibrate(normal, "synthetic", anomalous)
+    assert c["threshold"] == pytest.approx(r["threshold"]) and "best_f1" not in c["thresholds"]
+    # an int8 variant re-calibrated without anomalies keeps the method and the false-alarm rate
+    v = cal.recalibrate(c, normal * 1.01)
+    assert v["method"] == "synthetic" and v["threshold"] == pytest.approx(np.quantile(normal * 1.01, 1.0 - 0.25))
 
 
 def test_normal_stats_drive_the_device_normalisation():

@@ -88,8 +88,9 @@ def test_fit_records_every_threshold(run):
     assert c["threshold"] == c["thresholds"]["mu_k_sigma"]
 
 
-# quantile and far differ from mu_k_sigma only inside calibrate() (tested there); best_f1 also changes the split.
-@pytest.mark.parametrize("calibration", ["best_f1"])
+# quantile and far differ from mu_k_sigma only inside calibrate() (tested there); best_f1 also changes the split,
+# synthetic makes its own anomalies.
+@pytest.mark.parametrize("calibration", ["best_f1", "synthetic"])
 def test_every_calibration_mode_through_fit(data, tmp_path, calibration):
     from training.data import dataset_spec
     from training.train import FitConfig, fit
@@ -104,6 +105,9 @@ def test_every_calibration_mode_through_fit(data, tmp_path, calibration):
     if calibration == "best_f1":
         assert info["data_summary"]["counts"]["calib_anomalous"] == 4
         assert info["metrics"]["n_anomalous"] == 4  # the calibration anomalies are not tested on
+    else:  # no real defect was used to calibrate, and the threshold is not the normals' mu+3 sigma
+        assert info["data_summary"]["counts"].get("calib_anomalous", 0) == 0
+        assert info["metrics"]["n_anomalous"] == 8 and c["threshold"] != c["thresholds"]["mu_k_sigma"]
 
 
 def test_ctrl_c_keeps_best_checkpoint(data, tmp_path):

@@ -21,14 +21,14 @@ def _images(n: int, size: int, c: int = 1, seed: int = 0) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_family_trains_and_maps_to_edgetpu(family, tmp_path):
+@pytest.mark.parametrize("family,skips", [(f, 0) for f in FAMILIES] + [("denoising", 2)])
+def test_family_trains_and_maps_to_edgetpu(family, skips, tmp_path):
     import keras
 
     from training.export import convert, fixed_batch_model, float_ops, op_table
 
     keras.utils.set_random_seed(0)
-    params = {"width": 4, "depth": 2, "latent": 4}
+    params = {"width": 4, "depth": 2, "latent": 4, "skips": skips}
     model = build_model(family, (16, 16, 1), **params)
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss_for(family))
     x = _images(32, 16)
@@ -47,6 +47,7 @@ def test_family_trains_and_maps_to_edgetpu(family, tmp_path):
     assert "RESIZE_NEAREST_NEIGHBOR" in ops or family == "superres" and "AVERAGE_POOL_2D" in ops
     # UpSampling2D would lower to RESHAPE + TILE (not on the Edge TPU); we use nearest resizes.
     assert not ops & {"TILE", "RESHAPE", "BROADCAST_TO", "GATHER"}, ops
+    assert ("CONCATENATION" in ops) == bool(skips)
     assert float_ops(rows) == [], rows
     cpu = [r for r in rows if r["edgetpu"] != "tpu" and r.get("reason") != "float input/output boundary"]
     assert cpu == [], cpu
@@ -67,6 +68,34 @@ def test_parameters_change_the_network():
     assert small < wide and small < deep
     latent = build_model("plain", (32, 32, 1), width=4, depth=2, latent=8)
     assert latent.get_layer("latent").output.shape[-1] == 8
+
+
+def test_synthetic_noise_pairs_defects_with_clean_targets():
+    from training.train import synthetic_pairs
+
+    x = _images(40, 32)
+    ds = synthetic_pairs(x, batch_size=16, fraction=0.5, seed=3)
+    epochs = [[(np.asarray(a), np.asarray(b)) for a, b in ds] for _ in range(2)]
+    for batches in epochs:
+        noisy = np.concatenate([a for a, _ in batches])
+        clean = np.concatenate([b for _, b in batches])
+        assert noisy.shape == clean.shape == x.shape and [len(a) for a, _ in batches] == [16, 16, 8]
+        # Targets are the normal images themselves (in a shuffled order); half the inputs carry a defect.
+        assert np.allclose(np.sort(clean.reshape(len(x), -1).sum(1)), np.sort(x.reshape(len(x), -1).sum(1)))
+        changed = np.abs(noisy - clean).reshape(len(x), -1).max(axis=1) > 1e-6
+        assert changed.sum() == 20
+    first, second = (np.concatenate([a for a, _ in b]) for b in epochs)
+    assert not np.allclose(first, second)  # fresh defects and order every epoch
+    model = build_model("denoising", (32, 32, 1), width=4, depth=2, latent=4)
+    model.compile(optimizer="adam", loss="mae")
+    assert len(model.fit(ds, epochs=3, verbose=0).history["loss"]) == 3  # Keras sees every epoch's data
+
+
+def test_skips_are_bounded_by_the_depth():
+    assert len([lyr for lyr in build_model("plain", (16, 16, 1), width=4, depth=2, skips=1).layers
+                if lyr.name.startswith("skip")]) == 1
+    with pytest.raises(ValueError, match="skips must be in 0..2"):
+        build_model("plain", (16, 16, 1), width=4, depth=2, skips=3)
 
 
 def test_bad_family_and_too_small_input():
@@ -90,6 +119,6 @@ def test_denoising_noise_kinds(kind):
 
 
 def test_cli_choices_mirror_the_model_module():
-    from training import cli, models
+    from training import cli, models, train
 
-    assert cli.AE_FAMILIES == models.FAMILIES and cli.LOSSES == models.LOSSES
+    assert cli.AE_FAMILIES == models.FAMILIES and cli.LOSSES == models.LOSSES and cli.NOISES == train.NOISES

@@ -4,7 +4,9 @@ Modes:
 - ``mu_k_sigma``: mean + k * std of the normal scores (the reference uses k = 3);
 - ``quantile``:   the q-quantile of the normal scores;
 - ``far``:        a target false-alarm rate r, i.e. the (1 - r)-quantile;
-- ``best_f1``:    the threshold of best F1 on normals + labelled anomalies.
+- ``best_f1``:    the threshold of best F1 on normals + labelled anomalies;
+- ``synthetic``:  best F1 on normals + synthetic anomalies made from them (no real defects needed;
+                  the caller scores :func:`training.synthetic.synthesize` output as ``anomalous``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-MODES = ("mu_k_sigma", "quantile", "far", "best_f1")
+MODES = ("mu_k_sigma", "quantile", "far", "best_f1", "synthetic")
+NEEDS_ANOMALIES = ("best_f1", "synthetic")
 
 
 def normal_stats(scores: np.ndarray) -> Dict[str, float]:
@@ -75,8 +78,10 @@ def calibrate(
     if len(normal) < 2:
         raise ValueError(f"need at least 2 normal validation scores to calibrate, got {len(normal)}")
     all_t = thresholds(normal, anomalous, k, q, far)
-    if method not in all_t:
-        raise ValueError("best_f1 calibration needs labelled anomalies (none were held out for calibration)")
+    if method == "synthetic":
+        all_t["synthetic"] = all_t.pop("best_f1", None)
+    if all_t.get(method) is None:
+        raise ValueError(f"{method} calibration needs anomaly scores (none were given)")
     return {
         "method": method,
         "params": {"k": k, "q": q, "far": far},
@@ -90,11 +95,11 @@ def recalibrate(calibration: Dict[str, Any], normal: np.ndarray, anomalous: Opti
     """The same method and parameters applied to other scores (e.g. an int8 variant's own)."""
     p = calibration.get("params", {})
     method = calibration["method"]
-    if method == "best_f1" and anomalous is None:
+    if method in NEEDS_ANOMALIES and anomalous is None:
         # A variant re-calibrated without anomalies keeps best-F1's false-alarm rate instead.
         ref = calibration["normal_stats"]
         far = max(1e-4, float(np.mean(np.asarray(normal) > calibration["threshold"]))) if ref else 0.01
         c = calibrate(normal, "far", None, far=far)
-        c["method"] = "best_f1"
+        c["method"] = method
         return c
     return calibrate(normal, method, anomalous, p.get("k", 3.0), p.get("q", 0.99), p.get("far", 0.01))

@@ -21,6 +21,7 @@ from .data import LAYOUTS, DataError, dataset_spec
 # Keras, which would add seconds to every `edge-train --help`.
 AE_FAMILIES = ("plain", "denoising", "superres", "dilated")
 LOSSES = ("mae", "mse", "ssim_l1")
+NOISES = ("gaussian", "salt_pepper", "speckle", "synthetic")
 SCORES = ("mse", "mae", "ssim", "max_smooth")
 
 
@@ -122,7 +123,8 @@ def _fit_metric(spec: Dict[str, Any], cfg: Any, out_dir: Path, opts: Dict[str, A
         raise UserError(f"--aux folder not found: {aux}")
     mcfg = metric.MetricConfig(backbone=opts["backbone"], embed_dim=opts["embed_dim"], alpha=opts["alpha"],
                                scorer=opts["scorer"], contamination=opts["contamination"],
-                               reference_size=opts["reference_size"], reduce=opts["reduce"], epochs=cfg.epochs,
+                               reference_size=opts["reference_size"], reduce=opts["reduce"],
+                               synthetic_aux=opts["synthetic_aux"], epochs=cfg.epochs,
                                batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, seed=cfg.seed)
     return metric.fit_run(spec, cfg, mcfg, out_dir, aux_dir=aux, verbose=verbose)
 
@@ -163,9 +165,12 @@ def fit_family(family: str, spec: Dict[str, Any], cfg: Any, out_dir: Path, opts:
 @click.option("--depth", type=click.IntRange(1, 6), default=3, show_default=True, help="Pooling levels.")
 @click.option("--latent", type=click.IntRange(1, 512), default=16, show_default=True, help="Bottleneck channels.")
 @click.option("--superres-factor", type=click.IntRange(2, 8), default=2, show_default=True)
-@click.option("--noise", type=click.Choice(["gaussian", "salt_pepper", "speckle"]), default="gaussian",
-              show_default=True, help="Denoising: input corruption.")
-@click.option("--noise-strength", type=click.FloatRange(0.0, 1.0), default=0.1, show_default=True)
+@click.option("--skips", type=click.IntRange(0, 6), default=0, show_default=True,
+              help="U-Net skip connections on the deepest N decoder levels (use with --noise synthetic).")
+@click.option("--noise", type=click.Choice(NOISES), default="gaussian",
+              show_default=True, help="Denoising: input corruption (synthetic: pasted defects to remove).")
+@click.option("--noise-strength", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Noise sigma / rate [default: 0.1]; synthetic: fraction of images with a defect [default: 0.5].")
 @click.option("--loss", type=click.Choice(LOSSES), default=None,
               help="Training loss (default: mae; ssim_l1 for dilated).")
 @click.option("--patience", type=click.IntRange(0), default=0, help="Early stopping patience, epochs (0: off).")
@@ -175,6 +180,8 @@ def fit_family(family: str, spec: Dict[str, Any], cfg: Any, out_dir: Path, opts:
 @click.option("--embed-dim", type=click.IntRange(2, 1024), default=64, show_default=True,
               help="metric: embedding size.")
 @click.option("--aux", type=click.Path(), help="metric: folder of unrelated images (outlier exposure).")
+@click.option("--synthetic-aux", type=click.FloatRange(0.0, 4.0), default=0.0, show_default=True,
+              help="metric: synthetic anomalies per normal training image, added as 'other' (outlier exposure).")
 @click.option("--scorer", type=click.Choice(["lof", "knn"]), default="lof", show_default=True, help="metric scorer.")
 @click.option("--contamination", type=float, default=0.01, show_default=True, help="metric: LOF/kNN contamination.")
 @click.option("--reference-size", type=click.IntRange(1), help="metric: reduce the reference set to this many.")
@@ -185,7 +192,8 @@ def fit_family(family: str, spec: Dict[str, Any], cfg: Any, out_dir: Path, opts:
 def fit(ctx: click.Context, data: str, family: str, out_dir: Path, input_size: int, color: str, roi: Optional[str],
         epochs: int, batch_size: int, learning_rate: float, seed: int, score: str, smooth: int, calibration: str,
         k_sigma: float, quantile: float, far: float, width: int, depth: int, latent: int, superres_factor: int,
-        noise: str, noise_strength: float, loss: Optional[str], patience: int, quiet: bool, **opts: Any) -> None:
+        skips: int, noise: str, noise_strength: Optional[float], loss: Optional[str], patience: int,
+        quiet: bool, **opts: Any) -> None:
     """Train a model on the normal images in DATA and write RUN_DIR (model, run.json, report/)."""
     if smooth % 2 == 0:
         raise UserError(f"--smooth must be odd, got {smooth}")
@@ -196,8 +204,10 @@ def fit(ctx: click.Context, data: str, family: str, out_dir: Path, input_size: i
     cfg = FitConfig(family=family, input_size=input_size, color=color, roi=_roi(roi), epochs=epochs,
                     batch_size=batch_size, learning_rate=learning_rate, seed=seed, score=score, smooth=smooth,
                     calibration=calibration, k=k_sigma, q=quantile, far=far, noise=noise,
-                    noise_strength=noise_strength, patience=patience, loss=loss,
-                    model_params={"width": width, "depth": depth, "latent": latent, "k": superres_factor})
+                    noise_strength=(0.5 if noise == "synthetic" else 0.1) if noise_strength is None else noise_strength,
+                    patience=patience, loss=loss,
+                    model_params={"width": width, "depth": depth, "latent": latent, "k": superres_factor,
+                                  "skips": skips})
     # The metric family keeps its own default calibration unless the user chose one.
     cfg.calibration_explicit = ctx.get_parameter_source("calibration") != click.core.ParameterSource.DEFAULT
     info = fit_family(family, spec, cfg, out_dir, opts, verbose=0 if quiet else 1)

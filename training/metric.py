@@ -54,6 +54,7 @@ class MetricConfig:
     reference_size: Optional[int] = None
     reduce: str = "kmeans"
     max_reference: int = 20000
+    synthetic_aux: float = 0.0  # synthetic anomalies per normal training image, as extra "other" images
     epochs: int = 5
     batch_size: int = 128
     learning_rate: float = 1e-3
@@ -67,6 +68,8 @@ class MetricConfig:
             raise ValueError(f"--scorer must be lof or knn, got {self.scorer!r}")
         if not 0.0 < self.contamination <= 0.5:
             raise ValueError(f"--contamination must be in (0, 0.5], got {self.contamination}")
+        if self.synthetic_aux < 0:
+            raise ValueError(f"--synthetic-aux must be >= 0, got {self.synthetic_aux}")
         if self.alpha <= 0 or self.embed_dim < 2:
             raise ValueError(f"--alpha must be > 0 and --embed-dim >= 2, got {self.alpha}, {self.embed_dim}")
 
@@ -90,7 +93,8 @@ def training_labels(
             return np.concatenate([x_normal, x_aux]), np.concatenate([y, np.full(len(x_aux), n)]), n + 1, True
         return x_normal, y, n, True
     if x_aux is None or len(x_aux) == 0:
-        raise ValueError("a single normal class needs auxiliary 'other' images (--aux DIR) to learn an embedding")
+        raise ValueError("a single normal class needs 'other' images to learn an embedding: "
+                         "--aux DIR and/or --synthetic-aux N")
     y = np.concatenate([np.zeros(len(x_normal), np.int64), np.ones(len(x_aux), np.int64)])
     return np.concatenate([x_normal, x_aux]), y, 2, False
 
@@ -279,13 +283,21 @@ def fit_run(spec: Dict[str, Any], fit_cfg: Any, cfg: MetricConfig, out_dir: Path
     from . import calibrate as cal
     from .data import rebuild_splits
     from .report import write_report
-    from .train import evaluate_scores, tool_versions, write_run_json
+    from .train import calibration_anomaly_scores, evaluate_scores, tool_versions, write_run_json
 
     out_dir = Path(out_dir)
     pre = fit_cfg.preprocess()
     t0 = time.time()
     splits = rebuild_splits(spec, pre)
     x_aux = load_aux(aux_dir, pre)
+    n_syn = int(round(cfg.synthetic_aux * len(splits.x_train)))
+    if n_syn:
+        from .synthetic import load_foreign, outlier_exposure
+
+        # The aux pictures, when given, also supply the foreign-object patches.
+        foreign = load_foreign(aux_dir, seed=fit_cfg.seed) if aux_dir else None
+        x_syn = outlier_exposure(splits.x_train, n_syn, seed=fit_cfg.seed, foreign=foreign)[0]
+        x_aux = x_syn if x_aux is None else np.concatenate([x_aux, x_syn])
     t_data = time.time() - t0
     classes = sorted(set(splits.train_classes)) if len(set(splits.train_classes)) > 1 else []
     y_train = np.array([classes.index(c) for c in splits.train_classes], np.int64) if classes else None
@@ -298,9 +310,8 @@ def fit_run(spec: Dict[str, Any], fit_cfg: Any, cfg: MetricConfig, out_dir: Path
     if mode == "contamination":
         calibration = res["calibration"]
     else:
-        calib_anom = None
-        if splits.x_calib_anomalies is not None:
-            calib_anom = scorer(None, embed(model, splits.x_calib_anomalies, cfg.l2))[0]
+        calib_anom = calibration_anomaly_scores(splits, mode, fit_cfg.seed,
+                                                lambda x: scorer(None, embed(model, x, cfg.l2))[0])
         calibration = cal.calibrate(res["val_scores"], mode, calib_anom, fit_cfg.k, fit_cfg.q, fit_cfg.far)
     test_scores = scorer(None, embed(model, splits.x_test, cfg.l2))[0] if len(splits.x_test) else np.empty(0)
     metrics = evaluate_scores(splits, test_scores, None, calibration["threshold"])
@@ -313,7 +324,8 @@ def fit_run(spec: Dict[str, Any], fit_cfg: Any, cfg: MetricConfig, out_dir: Path
         "config": {k: v for k, v in fit_cfg.__dict__.items() if k != "model_params"},
         "preprocess": pre.to_dict(),
         "dataset": spec,
-        "data_summary": {**splits.summary, "aux": {"folder": aux_dir, "count": 0 if x_aux is None else len(x_aux)}},
+        "data_summary": {**splits.summary, "aux": {"folder": aux_dir, "count": 0 if x_aux is None else len(x_aux),
+                                                   "synthetic": n_syn}},
         "calibration": calibration,
         "metrics": metrics,
         "timing_s": {"load_data": round(t_data, 2), "train": round(res["train_seconds"], 2)},

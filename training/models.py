@@ -4,9 +4,15 @@ Every family maps an image in 0..1 to its reconstruction (sigmoid output, same s
 
 - ``plain``:     hourglass: (Conv+BN+ReLU, MaxPool) x depth, 1x1 latent, (nearest resize, Conv) x depth
 - ``denoising``: the same network; noise is added to its *input* by the data pipeline only
+  (``--noise synthetic``: defects pasted on by :mod:`training.synthetic`, which the network learns to remove)
 - ``superres``:  AveragePool by ``k`` inside the graph, then the hourglass restores full size
 - ``dilated``:   a shallower hourglass whose bottleneck is a stack of growing-dilation convs,
                  trained with SSIM + L1
+
+``skips`` (0 = none) adds U-Net skip connections (CONCATENATION) to the ``skips`` deepest decoder
+levels. A skip lets fine normal detail through the bottleneck, so normal images reconstruct
+sharply; it only makes sense with a denoising target that teaches the network *not* to copy
+defects (``--noise synthetic``), else the network learns the identity.
 
 Upsampling is ``Resizing(interpolation="nearest")`` (RESIZE_NEAREST_NEIGHBOR) because
 ``UpSampling2D`` lowers to RESHAPE+TILE, which the Edge TPU cannot run.
@@ -20,12 +26,16 @@ import keras
 from keras import layers
 
 FAMILIES = ("plain", "denoising", "superres", "dilated")
-DEFAULTS = {"width": 16, "depth": 3, "latent": 16, "k": 2, "dilations": (1, 2, 4)}
+# Keras' default 0.99 needs ~500 steps before the moving statistics forget their start; 2,000
+# images at batch 32 are 63 steps an epoch, so validation (inference mode) lagged training for
+# most of a 10-epoch run. 0.9 settles in ~50 steps (the metric models measured the same).
+BN_MOMENTUM = 0.9
+DEFAULTS = {"width": 16, "depth": 3, "latent": 16, "k": 2, "dilations": (1, 2, 4), "skips": 0}
 
 
 def _conv(x, filters: int, dilation: int = 1, name: str = ""):
     x = layers.Conv2D(filters, 3, padding="same", dilation_rate=dilation, use_bias=False, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -42,10 +52,12 @@ def build_model(
     latent: int = DEFAULTS["latent"],
     k: int = DEFAULTS["k"],
     dilations: Tuple[int, ...] = DEFAULTS["dilations"],
+    skips: int = DEFAULTS["skips"],
 ) -> keras.Model:
     """An autoencoder of ``family`` for (H, W, C) inputs of any size (pooling pads; resizes restore sizes).
 
-    width: filters of the first level, doubled per level; latent: channels at the bottleneck.
+    width: filters of the first level, doubled per level; latent: channels at the bottleneck;
+    skips: number of decoder levels, deepest first, that also see their encoder level.
     batch_size: fixed batch (1 for TFLite export) or None for training.
     """
     if family not in FAMILIES:
@@ -53,15 +65,18 @@ def build_model(
     h, w, c = input_shape
     if family == "dilated":
         depth = min(depth, 2)  # the dilated stack supplies the receptive field the lost levels would have
+    if not 0 <= skips <= depth:
+        raise ValueError(f"skips must be in 0..{depth} (the depth), got {skips}")
     if min(h, w) < 2**depth * (k if family == "superres" else 1):
         raise ValueError(f"input size {h}x{w} px is too small for {family} with depth {depth}")
 
     inp = keras.Input(input_shape, batch_size=batch_size, name="image")
     x = layers.AveragePooling2D(k, padding="same", name="downsample")(inp) if family == "superres" else inp
-    sizes = []
+    sizes, feats = [], []
     for i in range(depth):
         sizes.append((x.shape[1], x.shape[2]))
         x = _conv(x, width * 2**i, name=f"enc{i}")
+        feats.append(x)
         x = layers.MaxPooling2D(2, padding="same", name=f"pool{i}")(x)
     if family == "dilated":
         for j, d in enumerate(dilations):
@@ -69,6 +84,8 @@ def build_model(
     x = layers.Conv2D(latent, 1, activation="relu", name="latent")(x)
     for i in reversed(range(depth)):
         x = _up(x, sizes[i], name=f"up{i}")
+        if i >= depth - skips:
+            x = layers.Concatenate(name=f"skip{i}")([x, feats[i]])
         x = _conv(x, width * 2**i, name=f"dec{i}")
     if family == "superres":
         x = _up(x, (h, w), name="restore")

@@ -25,7 +25,7 @@ from .data import Splits, rebuild_splits
 from .metrics import evaluate
 
 log = logging.getLogger(__name__)
-NOISES = ("gaussian", "salt_pepper", "speckle")
+NOISES = ("gaussian", "salt_pepper", "speckle", "synthetic")
 
 
 @dataclass
@@ -48,7 +48,7 @@ class FitConfig:
     q: float = 0.99
     far: float = 0.01
     noise: str = "gaussian"
-    noise_strength: float = 0.1
+    noise_strength: float = 0.1  # synthetic: the fraction of training images that get a defect
     patience: int = 0
     loss: Optional[str] = None  # None: the family's default (models.loss_for)
     model_params: Dict[str, Any] = field(default_factory=dict)
@@ -83,8 +83,38 @@ def add_noise(x, kind: str, strength: float, seed: Optional[int] = None):
     elif kind == "speckle":
         noisy = x * (1.0 + tf.random.normal(tf.shape(x), stddev=strength, seed=seed))
     else:
-        raise ValueError(f"noise must be one of {NOISES}, got {kind!r}")
+        raise ValueError(f"noise must be one of {NOISES[:3]}, got {kind!r}")
     return tf.clip_by_value(noisy, 0.0, 1.0)
+
+
+def synthetic_pairs(x: np.ndarray, batch_size: int, fraction: float, seed: int) -> Any:
+    """tf.data of (input with synthetic defects, clean target) batches, fresh defects every epoch.
+
+    A ``fraction`` of each epoch's images get one defect from :mod:`training.synthetic`; the
+    network learns to remove them, so on a real defect its output differs from its input.
+    """
+    import tensorflow as tf
+
+    from .synthetic import AnomalyGenerator
+
+    gen = AnomalyGenerator()
+    epoch = [0]
+
+    def batches():
+        rng = np.random.default_rng([seed, epoch[0]])
+        clean = x[rng.permutation(len(x))]
+        noisy = clean.copy()
+        hit = np.sort(rng.permutation(len(x))[: int(round(fraction * len(x)))])
+        if len(hit):
+            noisy[hit] = gen.batch(clean[hit], len(hit), seed=seed * 1000 + epoch[0]).images
+        epoch[0] += 1
+        for i in range(0, len(x), batch_size):
+            yield noisy[i : i + batch_size], clean[i : i + batch_size]
+
+    spec = tf.TensorSpec((None, *x.shape[1:]), tf.float32)
+    ds = tf.data.Dataset.from_generator(batches, output_signature=(spec, spec))
+    # Without a known length Keras stops after the first epoch ("input ran out of data").
+    return ds.apply(tf.data.experimental.assert_cardinality(-(-len(x) // batch_size)))
 
 
 def predict(model: Any, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -143,12 +173,15 @@ def fit(spec: Dict[str, Any], cfg: FitConfig, out_dir: Path, verbose: int = 1,
     params = {**cfg.model_params}
     model = build_model(cfg.family, pre.shape, **params)
     model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss_for(cfg.family, cfg.loss))
-    ds = tf.data.Dataset.from_tensor_slices(splits.x_train).shuffle(len(splits.x_train), seed=cfg.seed)
-    ds = ds.batch(cfg.batch_size)
-    if cfg.family == "denoising":
-        ds = ds.map(lambda b: (add_noise(b, cfg.noise, cfg.noise_strength), b))
+    if cfg.family == "denoising" and cfg.noise == "synthetic":
+        ds = synthetic_pairs(splits.x_train, cfg.batch_size, cfg.noise_strength, cfg.seed)
     else:
-        ds = ds.map(lambda b: (b, b))
+        ds = tf.data.Dataset.from_tensor_slices(splits.x_train).shuffle(len(splits.x_train), seed=cfg.seed)
+        ds = ds.batch(cfg.batch_size)
+        if cfg.family == "denoising":
+            ds = ds.map(lambda b: (add_noise(b, cfg.noise, cfg.noise_strength), b))
+        else:
+            ds = ds.map(lambda b: (b, b))
     ds = ds.prefetch(2)
     ckpt = out_dir / "model.keras"
     cbs = [keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_loss", save_best_only=True, verbose=0)]
@@ -171,9 +204,8 @@ def fit(spec: Dict[str, Any], cfg: FitConfig, out_dir: Path, verbose: int = 1,
 
     scorer = ReconstructionScorer(cfg.score, cfg.smooth)
     val_scores, _ = score_keras(model, scorer, splits.x_val)
-    calib_anom = None
-    if splits.x_calib_anomalies is not None:
-        calib_anom = score_keras(model, scorer, splits.x_calib_anomalies)[0]
+    calib_anom = calibration_anomaly_scores(splits, cfg.calibration, cfg.seed,
+                                            lambda x: score_keras(model, scorer, x)[0])
     calibration = cal.calibrate(val_scores, cfg.calibration, calib_anom, cfg.k, cfg.q, cfg.far)
     test_scores, test_maps = score_keras(model, scorer, splits.x_test)
     metrics = evaluate_scores(splits, test_scores, test_maps, calibration["threshold"])
@@ -201,6 +233,19 @@ def fit(spec: Dict[str, Any], cfg: FitConfig, out_dir: Path, verbose: int = 1,
 
     write_report(out_dir / "report", metrics, val_scores, test_scores, splits, calibration["threshold"], test_maps)
     return info
+
+
+def calibration_anomaly_scores(splits: Splits, method: str, seed: int, score: Any) -> Optional[np.ndarray]:
+    """Anomaly scores for calibration: the held-out labelled defects, or (``synthetic``) one synthetic
+    defect per validation normal; ``score`` maps images (N, H, W, C) to scores (N,)."""
+    if method == "synthetic":
+        from .synthetic import synthesize
+
+        # Made from the validation normals, never seen in training; a fixed seed keeps the threshold reproducible.
+        return score(synthesize(splits.x_val, len(splits.x_val), seed=seed + 7919).images)
+    if splits.x_calib_anomalies is not None:
+        return score(splits.x_calib_anomalies)
+    return None
 
 
 def evaluate_scores(splits: Splits, scores: np.ndarray, maps: Optional[np.ndarray], threshold: float) -> Dict:
