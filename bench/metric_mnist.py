@@ -70,7 +70,8 @@ def train(args: argparse.Namespace, d: Dict[str, np.ndarray], pp: Preprocess, ru
     cfg = metric.MetricConfig(backbone="cnn", embed_dim=args.embed_dim, alpha=args.alpha, width=args.width,
                               head=args.head, epochs=args.epochs, seed=args.seed, scorer=args.scorer,
                               contamination=args.contamination,
-                              class_names=[str(i) for i in range(10)], max_reference=args.max_reference)
+                              class_names=[str(i) for i in range(10)], max_reference=args.max_reference,
+                              reference_size=args.reference_size, reduce=args.reduce)
     rng = np.random.default_rng(args.seed)
     perm = rng.permutation(len(d["x_train"]))
     val, tr = perm[: args.n_val], perm[args.n_val :]
@@ -169,6 +170,10 @@ def main() -> None:
                     help="synthetic anomalies per training digit, as an 11th 'other' class (outlier exposure)")
     ap.add_argument("--kinds", help="synthetic anomaly kinds, comma-separated (default: all)")
     ap.add_argument("--syn-scale", type=float, default=1.0, help="synthetic anomaly size (1: 2-12%% of the area)")
+    ap.add_argument("--reference-size", type=int, help="the bundle's reduced reference set (default: all)")
+    ap.add_argument("--reduce", default="kmeans", choices=("kmeans", "coreset"))
+    ap.add_argument("--cli-all", action="store_true",
+                    help="score every test image with the edge-detect score CLI, not just 10")
     ap.add_argument("--aux", help="folders of unrelated pictures, comma-separated, as an 'other' class")
     ap.add_argument("--name", default="metric_mnist", help="result file bench/results/NAME-<date>.json")
     ap.add_argument("--retrain", action="store_true")
@@ -219,7 +224,7 @@ def main() -> None:
                 results["l2"][l2].update({"bundle": str(bundle), "threshold": thr})
                 print(f"l2={l2}: int8 vs float32 unit embeddings on MNIST test: {results['l2'][l2]}")
                 if l2 == "host":
-                    results["spot_check"] = spot_check(bundle, d, s_test, s_fash)
+                    results["spot_check"] = spot_check(bundle, d, s_test, s_fash, 0 if args.cli_all else 5)
                     emb_int8["host_fash"] = y_fash
                     emb_int8["host_val"] = det.model.run_batch(x_val)
     common.print_table(rows)
@@ -231,24 +236,36 @@ def main() -> None:
     print("wrote", common.write_result(args.name, results))
 
 
-def spot_check(bundle: Path, d: Dict[str, np.ndarray], s_test: np.ndarray, s_fash: np.ndarray) -> Dict[str, Any]:
-    """Score 5 MNIST + 5 Fashion PNGs with the real ``edge-detect score --json``; compare with Detector."""
+def spot_check(bundle: Path, d: Dict[str, np.ndarray], s_test: np.ndarray, s_fash: np.ndarray,
+               n: int = 5) -> Dict[str, Any]:
+    """Score n MNIST + n Fashion PNGs (all with n=0) with the real ``edge-detect score --json``.
+
+    Returns the max |CLI score - Detector score| and, from the CLI's own ``anomalous`` verdicts,
+    the share of MNIST judged normal and of Fashion judged abnormal.
+    """
     with tempfile.TemporaryDirectory() as tmp:
-        paths, want = [], []
+        paths, want, is_fashion = [], [], []
         for name, imgs, scores in (("mnist", d["x_test"], s_test), ("fashion", d["x_fashion"], s_fash)):
-            for i in range(5):
+            for i in range(n or len(imgs)):
                 p = Path(tmp) / f"{name}-{i}.png"
                 Image.fromarray(imgs[i], "L").save(p)
                 paths.append(str(p))
                 want.append(float(scores[i]))
+                is_fashion.append(name == "fashion")
         exe = Path(sys.executable).with_name("edge-detect")
         out = subprocess.run([str(exe), "score", str(bundle), *paths, "--json", "--variant", "int8"],
                              capture_output=True, text=True, check=False)
-        got = [json.loads(line)["score"] for line in out.stdout.splitlines() if line.startswith("{")]
-        lines = [line for line in out.stdout.splitlines() if line.startswith("{")][:2]
+        rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    got = [r["score"] for r in rows]
     diff = float(np.max(np.abs(np.asarray(got) - np.asarray(want)))) if len(got) == len(want) else None
-    print(f"edge-detect score --json on 10 PNGs: max |score - Detector score| = {diff}")
-    return {"n": len(paths), "max_abs_diff": diff, "sample": lines}
+    flags = np.array([r["anomalous"] for r in rows], bool)
+    fash = np.array(is_fashion, bool)[: len(flags)]
+    res = {"n": len(paths), "max_abs_diff": diff, "sample": [json.dumps(r) for r in rows[:2]],
+           "cli_mnist_normal": float((~flags[~fash]).mean()), "cli_fashion_abnormal": float(flags[fash].mean())}
+    print(f"edge-detect score --json on {len(paths)} PNGs: max |score - Detector score| = {diff}; "
+          f"MNIST judged normal {res['cli_mnist_normal']:.4f}, "
+          f"Fashion judged abnormal {res['cli_fashion_abnormal']:.4f}")
+    return res
 
 
 def reduction(run: Path, cfg: Any, emb: Dict[str, np.ndarray], y_test: np.ndarray) -> list:

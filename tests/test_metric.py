@@ -179,12 +179,14 @@ def test_single_class_with_synthetic_outlier_exposure_from_the_cli(tmp_path):
             "--input-size", str(SIZE), "--epochs", "3", "--embed-dim", "8", "--scorer", "knn", "--quiet"]
     res = CliRunner().invoke(train_main, [*args, "--out", str(tmp_path / "none")])
     assert res.exit_code == 2 and "--synthetic-aux" in res.output and "Traceback" not in res.output
-    res = CliRunner().invoke(train_main, [*args, "--out", str(tmp_path / "run"), "--synthetic-aux", "1"])
+    res = CliRunner().invoke(train_main, [*args, "--out", str(tmp_path / "run"), "--synthetic-aux", "1",
+                                          "--head", "gap"])
     assert res.exit_code == 0, res.output
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     aux = info["data_summary"]["aux"]
     assert aux["synthetic"] == aux["count"] == info["data_summary"]["counts"]["train"] > 0
     assert info["metrics"]["n_anomalous"] == 8 and info["n_classes"] == 2
+    assert info["model_params"]["head"] == "gap"
 
 
 def test_config_rejects_bad_values():

@@ -122,6 +122,7 @@ def _fit_metric(spec: Dict[str, Any], cfg: Any, out_dir: Path, opts: Dict[str, A
     if aux and not Path(aux).is_dir():
         raise UserError(f"--aux folder not found: {aux}")
     mcfg = metric.MetricConfig(backbone=opts["backbone"], embed_dim=opts["embed_dim"], alpha=opts["alpha"],
+                               head=opts["head"],
                                scorer=opts["scorer"], contamination=opts["contamination"],
                                reference_size=opts["reference_size"], reduce=opts["reduce"],
                                synthetic_aux=opts["synthetic_aux"], epochs=cfg.epochs,
@@ -179,6 +180,8 @@ def fit_family(family: str, spec: Dict[str, Any], cfg: Any, out_dir: Path, opts:
               help="metric: L2-softmax scale (4 measured best, docs/BENCHMARKS.md).")
 @click.option("--embed-dim", type=click.IntRange(2, 1024), default=64, show_default=True,
               help="metric: embedding size.")
+@click.option("--head", type=click.Choice(["flatten", "gap"]), default="flatten", show_default=True,
+              help="metric: flatten keeps where things are; gap (global average) ignores it, e.g. for rotating parts.")
 @click.option("--aux", type=click.Path(), help="metric: folder of unrelated images (outlier exposure).")
 @click.option("--synthetic-aux", type=click.FloatRange(0.0, 4.0), default=0.0, show_default=True,
               help="metric: synthetic anomalies per normal training image, added as 'other' (outlier exposure).")
