@@ -91,3 +91,33 @@ def test_run_dir_without_run_json_is_one_line_exit_2(tmp_path):
     assert r.exit_code == 2
     want = f"error: {tmp_path / 'empty'} is not a training run (no run.json); run 'edge-train fit' first"
     assert r.output.strip() == want
+
+
+def test_representative_sample_with_synthetic_defects():
+    import numpy as np
+
+    from training.export import representative_sample
+
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 16, 16, 1), dtype=np.float32) * 0.2 + 0.4
+    plain = representative_sample(x, n=20)
+    mixed = representative_sample(x, n=20, synthetic_share=0.25)
+    assert plain.shape == mixed.shape == (20, 16, 16, 1)
+    changed = np.abs(mixed - plain).reshape(20, -1).max(axis=1) > 1e-6
+    assert changed.tolist() == [True] * 5 + [False] * 15  # 5 of the same 20 normals carry a defect
+    assert np.array_equal(plain, representative_sample(x, n=20))  # reproducible
+
+
+def test_rep_synthetic_reaches_the_export(run_dir, tmp_path, monkeypatch):
+    seen = {}
+    real = export_cli.export_bundle
+
+    def spy(*a, **kw):
+        seen.update(kw)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(export_cli, "export_bundle", spy)
+    r = invoke(run_dir, "--out", tmp_path / "b", "--quant", "int8", "--rep-synthetic", "0.25")
+    assert r.exit_code == 0, r.output
+    assert seen["rep_synthetic"] == 0.25
+    assert invoke(run_dir, "--out", tmp_path / "c", "--rep-synthetic", "2").exit_code == 2

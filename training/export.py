@@ -205,12 +205,23 @@ def convert(
             log.unlink(missing_ok=True)
 
 
-def representative_sample(x_train: np.ndarray, n: int = REPRESENTATIVE_MAX, seed: int = 0) -> np.ndarray:
-    """Up to ``n`` normal training images, drawn without replacement (reproducible with ``seed``)."""
+def representative_sample(x_train: np.ndarray, n: int = REPRESENTATIVE_MAX, seed: int = 0,
+                          synthetic_share: float = 0.0) -> np.ndarray:
+    """Up to ``n`` normal training images, drawn without replacement (reproducible with ``seed``).
+
+    synthetic_share: this share of them get a synthetic defect (training.synthetic), so that the
+    int8 activation ranges also cover what a defect produces instead of clipping it.
+    """
     if len(x_train) == 0:
         raise ExportError("no normal training images for the int8 representative dataset")
     idx = np.random.default_rng(seed).permutation(len(x_train))[:n]
-    return np.asarray(x_train[np.sort(idx)], dtype=np.float32)
+    rep = np.array(x_train[np.sort(idx)], dtype=np.float32)
+    k = int(round(synthetic_share * len(rep)))
+    if k:
+        from .synthetic import synthesize
+
+        rep[:k] = synthesize(rep[:k], k, seed=seed).images
+    return rep
 
 
 # -- op table -----------------------------------------------------------------------------------
@@ -472,10 +483,12 @@ def export_bundle(
     io_dtype: str = "int8",
     representative: Optional[np.ndarray] = None,
     echo: Callable[[str], None] = print,
+    rep_synthetic: float = 0.0,
 ) -> ExportResult:
     """Convert, measure every variant through the device's Detector, and write the bundle at ``out``.
 
-    representative: the int8 calibration images (default: a sample of ``data.x_train``).
+    representative: the int8 calibration images (default: a sample of ``data.x_train``, of which a
+    ``rep_synthetic`` share carries a synthetic defect).
     Raises ParityError (nothing written) if a full-integer variant misses the parity bar and
     ``allow_degraded`` is False; with it, the failures become warnings recorded in the manifest.
     """
@@ -489,7 +502,8 @@ def export_bundle(
     wanted = QUANT_VARIANTS[quant]
     warnings: List[str] = []
     fixed = fixed_batch_model(spec.model, spec.rebuild)
-    rep = representative if representative is not None else representative_sample(data.x_train)
+    rep = representative if representative is not None else representative_sample(
+        data.x_train, synthetic_share=rep_synthetic)
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent if out.parent.exists() else None))
     try:
         files: Dict[str, Path] = {}

@@ -121,8 +121,11 @@ def _metric_inputs(run_dir: Path, info: dict, name: Optional[str], version: str)
               help="Input/output type of the int8_io variant (Edge TPU, NPUs).")
 @click.option("--allow-degraded", is_flag=True, help="Write the bundle even if int8 fails the parity bar.")
 @click.option("--archive", is_flag=True, help="Also write BUNDLE.tar.gz, the single-file form.")
+@click.option("--rep-synthetic", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Share of the int8 calibration images given a synthetic defect, so that defects are not "
+                   "clipped [default: 0.25 for metric runs (measured on casting), 0 for autoencoders].")
 def export_command(run_dir: Path, out: Path, quant: str, name: Optional[str], model_version: str,
-                   io_dtype: str, allow_degraded: bool, archive: bool) -> None:
+                   io_dtype: str, allow_degraded: bool, archive: bool, rep_synthetic: Optional[float]) -> None:
     """Convert RUN_DIR's model to TFLite variants, check parity, and write the device bundle."""
     if not run_dir.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
@@ -130,8 +133,10 @@ def export_command(run_dir: Path, out: Path, quant: str, name: Optional[str], mo
         raise UserError("--out must not be the run directory")
     try:
         spec, data = inputs_from_run(run_dir, name, model_version)
+        if rep_synthetic is None:
+            rep_synthetic = 0.25 if spec.family == "metric" else 0.0
         res = export_bundle(spec, data, out, quant=quant, allow_degraded=allow_degraded, archive=archive,
-                            io_dtype=io_dtype, echo=click.echo)
+                            io_dtype=io_dtype, echo=click.echo, rep_synthetic=rep_synthetic)
     except ParityError as e:
         click.echo(f"error: export failed: {e}", err=True)
         sys.exit(1)
