@@ -19,7 +19,7 @@ import functools
 import io
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -120,44 +120,50 @@ def pixel_threshold_of(calibration: Mapping[str, Any], scoring: Mapping[str, Any
 def _runs(mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Horizontal runs of True: (row, start col, end col exclusive), row-major order."""
     h, w = mask.shape
-    p = np.zeros((h, w + 2), dtype=np.int8)
+    p = np.zeros((h, w + 2), dtype=bool)
     p[:, 1:-1] = mask
-    d = np.diff(p, axis=1)  # +1 where a run starts, -1 one past where it ends
-    rs, cs = np.nonzero(d == 1)
-    _, ce = np.nonzero(d == -1)  # same row-major order, so starts and ends pair up
-    return rs, cs, ce
+    # Every row is padded with False at both ends, so its changes alternate start, end: one
+    # nonzero over the changes gives both, already paired (half the cost of two passes).
+    rs, cs = np.nonzero(p[:, 1:] != p[:, :-1])
+    return rs[0::2], cs[0::2], cs[1::2]
 
 
 def _union_runs(rows: np.ndarray, starts: np.ndarray, ends: np.ndarray, connectivity: int) -> np.ndarray:
     """Component id (0..K-1, in order of first appearance) of each run."""
     n = len(rows)
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
     slack = 1 if connectivity == 8 else 0  # diagonal neighbours touch when 8-connected
-    bounds = np.searchsorted(rows, np.arange(rows[-1] + 2)) if n else np.zeros(1, int)
-    rl, sl, el = rows.tolist(), starts.tolist(), ends.tolist()
-    for r in range(1, len(bounds) - 1):
-        i, i_end = int(bounds[r - 1]), int(bounds[r])  # runs of the row above
-        j, j_end = int(bounds[r]), int(bounds[r + 1])  # runs of this row
-        if i == i_end or j == j_end or rl[i] != r - 1:
-            continue
-        while i < i_end and j < j_end:
-            if sl[i] < el[j] + slack and sl[j] < el[i] + slack:
-                a, b = find(i), find(j)
-                if a != b:
-                    parent[max(a, b)] = min(a, b)
-            if el[i] < el[j]:
-                i += 1
-            else:
-                j += 1
-    roots = np.array([find(i) for i in range(n)], dtype=np.int64)
-    _, comp = np.unique(roots, return_inverse=True)
+    # Overlapping runs of the row above, found for all runs at once: on keys row * stride + col
+    # (stride > any col + slack, so rows never mix) runs are sorted by both start and end, and run
+    # j touches the runs i of row r-1 with e_i > s_j - slack and s_i < e_j + slack: a contiguous
+    # index range [lo, hi).
+    stride = int(ends.max()) + 2
+    above = (rows - 1) * stride
+    lo = np.searchsorted(rows * stride + ends, above + starts - slack, side="right")
+    hi = np.searchsorted(rows * stride + starts, above + ends + slack, side="left")
+    cnt = np.maximum(hi - lo, 0)
+    m = int(cnt.sum())
+    jj = np.repeat(np.arange(n), cnt)
+    ii = np.repeat(lo - np.cumsum(cnt) + cnt, cnt) + np.arange(m)
+    # Components of the run graph by min-label hooking plus pointer jumping, all in numpy: 3-4
+    # rounds on 128x128 maps, 3-6x faster than a Python union-find over the same edges (measured).
+    # Labels are run indices and only decrease; at the fixed point every edge joins equal labels.
+    lab = np.arange(n)
+    while True:
+        low = np.minimum(lab[ii], lab[jj])
+        new = lab.copy()
+        np.minimum.at(new, lab[ii], low)  # hook each root to its smallest neighbouring label
+        np.minimum.at(new, lab[jj], low)
+        while True:
+            jump = new[new]
+            if np.array_equal(jump, new):
+                break
+            new = jump
+        if np.array_equal(new, lab):
+            break
+        lab = new
+    _, comp = np.unique(lab, return_inverse=True)
     return comp.astype(np.int64)
 
 
@@ -236,17 +242,25 @@ def regions(
     pmap = np.asarray(pmap, dtype=np.float32)
     if pmap.ndim != 2:
         raise ValueError(f"pixel map must be (H, W), got shape {pmap.shape}")
-    rows, starts, ends = _runs(pmap > threshold)
-    if len(rows) == 0:
+    full = pmap > threshold
+    hot_rows = np.flatnonzero(full.any(axis=1))
+    if len(hot_rows) == 0:
         return []
+    # Label only the bounding box of the hot pixels: an event frame's defect is usually a small
+    # part of the map, and a normal frame stops here after two cheap passes.
+    oy = int(hot_rows[0])
+    hot_cols = np.flatnonzero(full[oy : hot_rows[-1] + 1].any(axis=0))
+    ox = int(hot_cols[0])
+    mask = full[oy : hot_rows[-1] + 1, ox : hot_cols[-1] + 1]
+    rows, starts, ends = _runs(mask)
     comp = _union_runs(rows, starts, ends, connectivity)
     k = int(comp.max()) + 1
     lengths = ends - starts
     area = np.bincount(comp, weights=lengths, minlength=k)
     # Per-run peak: reduceat over [start, next index) of the flat map. Pixels between runs are
     # below the threshold and run pixels above it, so the gap never wins the max.
-    w = pmap.shape[1]
-    flat = np.append(pmap.ravel(), np.float32(-np.inf))
+    w = mask.shape[1]
+    flat = np.append(pmap[oy : hot_rows[-1] + 1, ox : hot_cols[-1] + 1].ravel(), np.float32(-np.inf))
     idx = np.empty(2 * len(rows), dtype=np.int64)
     idx[0::2] = rows * w + starts
     idx[1::2] = rows * w + ends
@@ -264,7 +278,7 @@ def regions(
     keep = np.nonzero(area >= min_area)[0]
     keep = keep[np.argsort(-peak[keep], kind="stable")][:max_regions]
     regs = [
-        Region(int(x0[i]), int(y0[i]), int(x1[i] - x0[i]), int(y1[i] - y0[i]), float(peak[i]), int(area[i]))
+        Region(int(x0[i]) + ox, int(y0[i]) + oy, int(x1[i] - x0[i]), int(y1[i] - y0[i]), float(peak[i]), int(area[i]))
         for i in keep
     ]
     return to_source(regs, pmap.shape, source_wh, roi)
@@ -276,7 +290,8 @@ def regions(
 def _lut_index(pmap: np.ndarray, threshold: float) -> np.ndarray:
     """Map values to colour-table indices on a fixed scale: 0 -> 0, threshold -> 127.5, 2x -> 255."""
     t = max(float(threshold), 1e-12)
-    return np.clip(np.asarray(pmap, dtype=np.float32) * np.float32(127.5 / t), 0, 255).astype(np.uint8)
+    v = np.multiply(pmap, np.float32(127.5 / t), dtype=np.float32)
+    return np.clip(v, 0, 255, out=v).astype(np.uint8)  # in place: one temporary, not two
 
 
 def colorize(pmap: np.ndarray, threshold: float) -> np.ndarray:
@@ -289,8 +304,10 @@ def colorize(pmap: np.ndarray, threshold: float) -> np.ndarray:
 
 def to_uint8_image(x: np.ndarray, scale: float = 1.0 / 255.0, offset: float = 0.0) -> np.ndarray:
     """A preprocessed model input (H, W, C) back to uint8: (H, W) for gray, (H, W, 3) for RGB."""
-    v = (np.asarray(x, dtype=np.float32) - np.float32(offset)) / np.float32(scale)
-    v = np.clip(v + 0.5, 0, 255).astype(np.uint8)
+    # x / scale - offset / scale + 0.5 (rounds), in place on one float32 temporary.
+    v = np.multiply(x, np.float32(1.0 / scale), dtype=np.float32)
+    v += np.float32(0.5 - offset / scale)
+    v = np.clip(v, 0, 255, out=v).astype(np.uint8)
     if v.ndim == 3 and v.shape[2] == 1:
         return v[:, :, 0]
     return v if v.ndim == 2 else v[:, :, :3]
@@ -305,10 +322,34 @@ def _weight_lut(alpha: float) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _gray_blend_lut(alpha: float) -> np.ndarray:
-    """(256 gray, 256 colour index, 3) uint8: every blend a gray image can need, 192 KB, made once."""
+    """(256 gray x 256 colour index,) uint32 RGBX pixels: every blend a gray image can need, 256 KB, made once."""
     g = np.arange(256, dtype=np.int32)[:, None, None]
     wgt = _weight_lut(alpha).astype(np.int32)[None, :, None]
-    return (g + (((COLORMAP.astype(np.int32)[None] - g) * wgt + 128) >> 8)).astype(np.uint8)
+    rgbx = np.zeros((256, 256, 4), dtype=np.uint8)
+    rgbx[:, :, :3] = g + (((COLORMAP.astype(np.int32)[None] - g) * wgt + 128) >> 8)
+    return rgbx.reshape(-1, 4).view(np.uint32).ravel()
+
+
+def _blend(image: np.ndarray, pmap: np.ndarray, threshold: float, alpha: float) -> np.ndarray:
+    """:func:`overlay`'s pixels: (H, W, 4) RGBX for gray images (the X byte is padding), else (H, W, 3)."""
+    img = np.asarray(image)
+    pm = np.asarray(pmap, dtype=np.float32)
+    if pm.shape != img.shape[:2]:
+        pm = np.asarray(Image.fromarray(pm, "F").resize((img.shape[1], img.shape[0]), Image.Resampling.BILINEAR))
+    idx = _lut_index(pm, threshold)
+    if img.ndim == 2 or img.shape[2] == 1:
+        # Gray input: one gather from a (gray, colour) table; no per-pixel arithmetic on the device.
+        # Gathering 4-byte RGBX words is ~3x faster than 3-byte rows (np.take axis=0), and PIL
+        # encodes RGBX directly, so the padding byte costs no copy (measured, 128x128 px).
+        key = img.reshape(idx.shape).astype(np.uint16)
+        key <<= 8
+        key |= idx
+        return np.take(_gray_blend_lut(alpha), key).view(np.uint8).reshape(*idx.shape, 4)
+    # RGB: fixed-point blend, several times cheaper than float math on a small CPU.
+    base = img.astype(np.int16)
+    wgt = _weight_lut(alpha)[idx][:, :, None]
+    out = base + (((COLORMAP[idx].astype(np.int16) - base) * wgt + 128) >> 8)
+    return out.astype(np.uint8)
 
 
 def overlay(image: np.ndarray, pmap: np.ndarray, threshold: float, alpha: float = 0.5) -> np.ndarray:
@@ -317,43 +358,36 @@ def overlay(image: np.ndarray, pmap: np.ndarray, threshold: float, alpha: float 
     The heatmap is resized (bilinear) to the image if their sizes differ. Pixels well under the
     threshold get less colour, so the part stays readable where nothing is wrong.
     """
-    img = np.asarray(image)
-    pm = np.asarray(pmap, dtype=np.float32)
-    if pm.shape != img.shape[:2]:
-        pm = np.asarray(Image.fromarray(pm, "F").resize((img.shape[1], img.shape[0]), Image.Resampling.BILINEAR))
-    idx = _lut_index(pm, threshold)
-    if img.ndim == 2 or img.shape[2] == 1:
-        # Gray input: one gather from a (gray, colour) table; no per-pixel arithmetic on the device.
-        # np.take on the flattened table is ~7x faster than 2-D fancy indexing (measured, 128x128 px).
-        flat = _gray_blend_lut(alpha).reshape(-1, 3)
-        return np.take(flat, (img.reshape(idx.shape).astype(np.intp) << 8) | idx, axis=0)
-    # RGB: fixed-point blend, several times cheaper than float math on a small CPU.
-    base = img.astype(np.int16)
-    wgt = _weight_lut(alpha)[idx][:, :, None]
-    out = base + (((COLORMAP[idx].astype(np.int16) - base) * wgt + 128) >> 8)
-    return out.astype(np.uint8)
+    return _blend(image, pmap, threshold, alpha)[:, :, :3]
 
 
-def draw_boxes(image: np.ndarray, boxes: Sequence[Region], color: Tuple[int, int, int] = (0, 255, 255)) -> np.ndarray:
-    """Outline each region (in the image's own px) with a 1 px rectangle; returns a copy."""
-    out = np.array(image, copy=True)
+def draw_boxes(
+    image: np.ndarray, boxes: Sequence[Region], color: Tuple[int, int, int] = (0, 255, 255), copy: bool = True,
+) -> np.ndarray:
+    """Outline each region (in the image's own px) with a 1 px rectangle; a copy unless ``copy=False``.
+
+    image: (H, W, 3) RGB or (H, W, 4) RGBX uint8; only the first three channels are drawn.
+    """
+    out = np.array(image, copy=True) if copy else image
+    rgb = out[:, :, :3]
     h, w = out.shape[:2]
     for b in boxes:
         x0, y0 = max(b.x, 0), max(b.y, 0)
         x1, y1 = min(b.x + b.w, w) - 1, min(b.y + b.h, h) - 1
         if x1 < x0 or y1 < y0:
             continue
-        out[y0, x0 : x1 + 1] = color
-        out[y1, x0 : x1 + 1] = color
-        out[y0 : y1 + 1, x0] = color
-        out[y0 : y1 + 1, x1] = color
+        rgb[y0, x0 : x1 + 1] = color
+        rgb[y1, x0 : x1 + 1] = color
+        rgb[y0 : y1 + 1, x0] = color
+        rgb[y0 : y1 + 1, x1] = color
     return out
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:
-    """uint8 (H, W, 3) to JPEG bytes."""
+    """uint8 (H, W, 3) RGB or (H, W, 4) RGBX (fourth byte ignored) to JPEG bytes."""
+    a = np.ascontiguousarray(rgb)
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb), "RGB").save(buf, format="JPEG", quality=quality)
+    Image.fromarray(a, "RGBX" if a.shape[2] == 4 else "RGB").save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
 
 
@@ -362,20 +396,24 @@ def overlay_jpeg(
     alpha: float = 0.5, quality: int = 85,
 ) -> bytes:
     """Heatmap overlay (plus box outlines, in ``image`` px) as JPEG bytes."""
-    out = overlay(image, pmap, threshold, alpha)
+    out = _blend(image, pmap, threshold, alpha)  # a fresh array: boxes can be drawn in place
     if boxes:
-        out = draw_boxes(out, boxes)
+        draw_boxes(out, boxes, copy=False)
     return encode_jpeg(out, quality)
 
 
 @dataclass
 class Explanation:
-    """What the event path gets: regions in source px, JPEG heatmap over the model input, time in ms."""
+    """What the event path gets: regions in source px, JPEG heatmap over the model input, time in ms.
+
+    stages_ms: the time split into map, regions, overlay (incl. boxes) and jpeg, ms.
+    """
 
     regions: List[Region]
     heatmap_jpeg: bytes
     pixel_threshold: float
     ms: float
+    stages_ms: Dict[str, float] = field(default_factory=dict)
 
     def regions_json(self) -> List[Dict[str, Union[int, float]]]:
         return [r.to_dict() for r in self.regions]
@@ -407,9 +445,18 @@ class Heatmapper:
         """Regions and heatmap JPEG for one scored frame: x (H, W, C) model input, error_map (H, W)."""
         t0 = time.perf_counter()
         pm = pixel_map(error_map, self.method, self.smooth)
+        t1 = time.perf_counter()
         # The JPEG is the model input's size, so its boxes stay in model px; the event gets source px.
         model_boxes = regions(pm, self.pixel_threshold, None, None, self.min_area, self.max_regions)
         regs = to_source(model_boxes, pm.shape, source_wh, self.preprocess.roi)
+        t2 = time.perf_counter()
         img = to_uint8_image(x, self.preprocess.scale, self.preprocess.offset)
-        jpeg = overlay_jpeg(img, pm, self.pixel_threshold, model_boxes, self.alpha, self.quality)
-        return Explanation(regs, jpeg, self.pixel_threshold, (time.perf_counter() - t0) * 1e3)
+        out = _blend(img, pm, self.pixel_threshold, self.alpha)
+        if model_boxes:
+            draw_boxes(out, model_boxes, copy=False)
+        t3 = time.perf_counter()
+        jpeg = encode_jpeg(out, self.quality)
+        t4 = time.perf_counter()
+        stages = {"map": (t1 - t0) * 1e3, "regions": (t2 - t1) * 1e3, "overlay": (t3 - t2) * 1e3,
+                  "jpeg": (t4 - t3) * 1e3}
+        return Explanation(regs, jpeg, self.pixel_threshold, (t4 - t0) * 1e3, stages)

@@ -79,6 +79,68 @@ def test_regions_boxes_peak_area_in_model_px() -> None:
     assert H.regions(pm, 1.0) == []
 
 
+def _bfs_regions(pm: np.ndarray, t: float, conn: int) -> list:
+    """Reference (x, y, w, h, area, peak) per component, by breadth-first search, sorted."""
+    mask = pm > t
+    lab = np.zeros(mask.shape, int)
+    h, w = mask.shape
+    steps = [(-1, 0), (1, 0), (0, -1), (0, 1)] + ([(-1, -1), (-1, 1), (1, -1), (1, 1)] if conn == 8 else [])
+    out = []
+    for y in range(h):
+        for x in range(w):
+            if mask[y, x] and not lab[y, x]:
+                lab[y, x] = len(out) + 1
+                q, px = deque([(y, x)]), []
+                while q:
+                    a, b = q.popleft()
+                    px.append((a, b))
+                    for dy, dx in steps:
+                        c, d = a + dy, b + dx
+                        if 0 <= c < h and 0 <= d < w and mask[c, d] and not lab[c, d]:
+                            lab[c, d] = lab[y, x]
+                            q.append((c, d))
+                ys, xs = np.array(px).T
+                out.append((xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1, len(px),
+                            float(pm[ys, xs].max())))
+    return sorted(out)
+
+
+def test_regions_agree_with_bfs_on_random_maps() -> None:
+    """Boxes, areas and peaks of the vectorised labelling (cropped to the hot pixels) against BFS."""
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        h, w = int(rng.integers(1, 30)), int(rng.integers(1, 30))
+        pm = rng.random((h, w)).astype(np.float32)
+        pm[: int(rng.integers(0, h)), :] *= 0.1  # often a cold margin, so the crop offset matters
+        t = float(rng.uniform(0.2, 0.9))
+        for conn in (4, 8):
+            got = sorted((r.x, r.y, r.w, r.h, r.area_px, r.peak)
+                         for r in H.regions(pm, t, min_area=1, max_regions=10**6, connectivity=conn))
+            want = _bfs_regions(pm, t, conn)
+            assert [g[:5] for g in got] == [v[:5] for v in want]
+            assert [g[5] for g in got] == pytest.approx([v[5] for v in want])
+
+
+def test_label_joins_a_snake_and_a_spiral() -> None:
+    """Long winding components that a few rounds of label propagation must still join into one."""
+    snake = np.zeros((33, 20), bool)
+    snake[::4] = True
+    for i, r in enumerate(range(0, 29, 4)):
+        snake[r : r + 5, 19 if i % 2 == 0 else 0] = True
+    assert H.label(snake, 4)[1] == 1
+    spiral = np.zeros((21, 21), bool)
+    y0, x0, y1, x1 = 0, 0, 20, 20
+    while y0 <= y1 and x0 <= x1:  # walls of a square spiral, 1 px apart
+        spiral[y0, x0 : x1 + 1] = True
+        spiral[y0 : y1 + 1, x1] = True
+        spiral[y1, x0 : x1 + 1] = True
+        spiral[y0 + 2 : y1 + 1, x0] = True
+        y0, x0, y1, x1 = y0 + 2, x0 + 2, y1 - 2, x1 - 2
+        if y0 <= y1:
+            spiral[y0, x0 - 1] = True  # the gap that links this ring to the next
+    assert H.label(spiral, 4)[1] == _bfs_label(spiral, 4)
+
+
 def test_regions_back_to_source_px_with_resize_and_roi() -> None:
     pm = np.zeros((16, 16), np.float32)
     pm[4:8, 2:6] = 1.0  # model px x 2..6, y 4..8
@@ -135,6 +197,29 @@ def test_overlay_jpeg_decodes_and_shows_the_hot_spot() -> None:
     assert H.overlay(img, pm[::2, ::2], 0.1).shape == (32, 48, 3)
 
 
+def test_gray_overlay_is_rgbx_inside_and_rgb_outside() -> None:
+    """The gray path gathers RGBX words; overlay() still returns RGB, and the JPEG is the same image."""
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (24, 40), dtype=np.uint8)
+    pm = rng.random((24, 40)).astype(np.float32) * 0.3
+    rgbx = H._blend(img, pm, 0.1, 0.5)
+    rgb = H.overlay(img, pm, 0.1)
+    assert rgbx.shape == (24, 40, 4) and rgb.shape == (24, 40, 3) and np.array_equal(rgbx[:, :, :3], rgb)
+    # Reference blend in plain integer arithmetic, as the RGB path computes it.
+    idx = H._lut_index(pm, 0.1)
+    wgt = H._weight_lut(0.5)[idx][:, :, None].astype(int)
+    g = img[:, :, None].astype(int)
+    assert np.array_equal(rgb, g + (((H.COLORMAP[idx].astype(int) - g) * wgt + 128) >> 8))
+    a = np.asarray(Image.open(io.BytesIO(H.encode_jpeg(rgbx))))
+    b = np.asarray(Image.open(io.BytesIO(H.encode_jpeg(np.ascontiguousarray(rgb)))))
+    assert a.shape == (24, 40, 3) and np.array_equal(a, b)
+    box = [H.Region(2, 3, 5, 4, 1.0, 20)]
+    drawn = H.draw_boxes(rgbx, box, copy=False)
+    assert drawn is rgbx and tuple(rgbx[3, 2, :3]) == (0, 255, 255) and rgbx[3, 2, 3] == 0
+    before = rgb.copy()
+    assert tuple(H.draw_boxes(rgb, box, color=(1, 2, 3))[3, 2]) == (1, 2, 3) and np.array_equal(rgb, before)
+
+
 def test_colormap_is_monotone_in_brightness() -> None:
     lum = H.COLORMAP.astype(float) @ [0.299, 0.587, 0.114]
     assert H.COLORMAP.shape == (256, 3) and np.all(np.diff(lum) >= -1.0)
@@ -184,5 +269,7 @@ def test_heatmapper_on_a_real_bundle(tmp_path) -> None:
     top = ex.regions[0]
     assert top.x <= x0 + 3 and top.y <= y0 + 2 and top.x + top.w >= x1 - 3 and top.y + top.h >= y1 - 2
     assert ex.regions_json()[0].keys() == {"x", "y", "w", "h", "peak", "area_px"}
+    assert ex.stages_ms.keys() == {"map", "regions", "overlay", "jpeg"}
+    assert sum(ex.stages_ms.values()) == pytest.approx(ex.ms, abs=0.05)
     calm = encode(normal_image(rng, 32))
     assert hm.explain(det.preprocess(calm), det.score(calm).error_map, (32, 32)).regions == []

@@ -78,3 +78,31 @@ def test_errors_and_degenerate_cases() -> None:
     with pytest.raises(ValueError, match="at least one anomalous region"):
         pro_score(np.zeros((1, 4, 4)), np.zeros((1, 4, 4), bool))
     assert pixel_metrics(np.zeros((1, 4, 4)), np.zeros((1, 4, 4), bool))["pro"] is None
+
+
+def test_evaluation_report_carries_pixel_auroc_and_pro_where_masks_exist(tmp_path) -> None:
+    """What fit and evaluate (Keras and bundle paths) write: metrics["pixel"] and report/metrics.json
+    hold pixel AUROC and PRO when the test split has masks, and no pixel block without them."""
+    import json
+
+    from training.data import Splits
+    from training.report import write_report
+    from training.train import evaluate_scores
+
+    rng = np.random.default_rng(0)
+    masks = np.zeros((6, 16, 16), bool)
+    masks[3:, 4:9, 5:11] = True  # three anomalous images, one region each
+    maps = rng.random((6, 16, 16)) * 0.2 + masks * 0.5
+    x = rng.random((6, 16, 16, 1)).astype(np.float32)
+    y = np.array([0, 0, 0, 1, 1, 1])
+    scores = maps.max(axis=(1, 2))
+    splits = Splits(x_train=x[:3], x_val=x[:3], x_test=x, y_test=y, test_kinds=["good"] * 3 + ["defect"] * 3,
+                    summary={}, masks_test=masks)
+    m = evaluate_scores(splits, scores, maps, threshold=0.5)
+    assert m["pixel"]["pixel_auroc"] == pytest.approx(pixel_auroc(maps, masks))
+    assert m["pixel"]["pro"] == pytest.approx(pro_score(maps, masks)) and m["pixel"]["pro"] > 0.9
+    write_report(tmp_path / "report", m, scores[:3], scores, splits, 0.5, maps)
+    saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert set(saved["pixel"]) >= {"pixel_auroc", "pro", "pro_max_fpr"}
+    splits.masks_test = None
+    assert "pixel" not in evaluate_scores(splits, scores, maps, threshold=0.5)

@@ -88,20 +88,3 @@ def test_errors(tmp_path) -> None:
         load_foreign(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="no readable images"):
         load_foreign(tmp_path)
-
-
-def test_best_f1_threshold_known_answers() -> None:
-    from training.synthetic import best_f1_threshold, synthetic_calibration
-
-    thr, f1 = best_f1_threshold(np.array([0.1, 0.2, 0.3]), np.array([0.5, 0.6]))
-    assert f1 == 1.0 and 0.3 < thr < 0.5
-    # Overlap: cutting between 0.2 and 0.4 gives TP 3, FP 1 -> F1 6/7; at 0.55 only TP 2 -> 0.8.
-    thr, f1 = best_f1_threshold(np.array([0.1, 0.2, 0.5]), np.array([0.4, 0.6, 0.7]))
-    assert f1 == pytest.approx(6 / 7) and thr == pytest.approx(0.3)
-    with pytest.raises(ValueError, match="both"):
-        best_f1_threshold(np.array([0.1]), np.array([]))
-    # Mean |x - mean normal| separates synthetic anomalies from these normals.
-    x = _normals(8)
-    ref = x.mean(axis=0)
-    cal = synthetic_calibration(lambda a: np.abs(a - ref).max(axis=(1, 2, 3)), x, n=8, seed=0)
-    assert cal["method"] == "best_f1_synthetic" and cal["synthetic_tpr"] > 0.5

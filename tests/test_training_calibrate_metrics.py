@@ -50,7 +50,7 @@ def test_best_f1_known_answer():
 
 
 def test_best_f1_without_anomalies_and_bad_inputs():
-    with pytest.raises(ValueError, match="needs labelled anomalies"):
+    with pytest.raises(ValueError, match="needs anomaly scores"):
         cal.calibrate(np.arange(10.0), "best_f1")
     with pytest.raises(ValueError, match="calibration must be one of"):
         cal.calibrate(np.arange(10.0), "median")

@@ -7,8 +7,10 @@
   (Means instead of sums: the same minimiser, and beta stays independent of image size.)
 * **one-pass.** One small U-Net, trained once on normal images (target: empty mask) and synthetic
   anomalies (target: their mask, from :mod:`training.synthetic`), predicts the anomaly mask in a
-  single forward pass. Built only from Conv2D, MaxPool, nearest Resizing, Concatenate and a sigmoid,
-  at batch 1, so it converts to full-int8 TFLite for the device / Edge TPU.
+  single forward pass. Built only from Conv2D, MaxPool, nearest Resizing and Concatenate at batch 1,
+  so it converts to full-int8 TFLite for the device / Edge TPU. The .tflite outputs the logit and
+  :class:`OnePass` applies the sigmoid in numpy: an int8 sigmoid output has steps of 1/256, which
+  ties every pixel below ~0.002 at 0 and loses the ranking pixel AUROC measures.
 
 An explainer directory (``edge-train fit-explainer``) holds ``explainer.keras``,
 ``explainer_int8.tflite`` and ``explainer.json`` (preprocess, training summary).
@@ -43,11 +45,12 @@ class ExplainError(Exception):
 
 
 def unet(input_shape: Tuple[int, int, int], width: int = 8, depth: int = 2, out_channels: int = 1,
-         out_activation: str = "sigmoid", batch_size: Optional[int] = None) -> Any:
+         out_activation: str = "sigmoid", batch_size: Optional[int] = None, out_bias: float = 0.0) -> Any:
     """A small U-Net of Edge TPU-mappable ops: Conv2D+ReLU, MaxPool, nearest Resizing, Concatenate.
 
     input_shape: (H, W, C) with H and W divisible by 2**depth. width: filters of the first level,
-    doubling per level. out_activation "sigmoid" lowers to LOGISTIC.
+    doubling per level. out_activation "sigmoid" lowers to LOGISTIC, "linear" gives the logit.
+    out_bias: initial bias of the output layer (a prior logit).
     """
     import keras
     from keras import layers
@@ -69,7 +72,8 @@ def unet(input_shape: Tuple[int, int, int], width: int = 8, depth: int = 2, out_
         x = layers.Resizing(h // 2**d, w // 2**d, interpolation="nearest", name=f"up{d}")(x)
         x = layers.Concatenate(name=f"skip{d}")([x, skips[d]])
         x = layers.Conv2D(width * 2**d, 3, padding="same", activation="relu", name=f"up{d}a")(x)
-    out = layers.Conv2D(out_channels, 1, activation=out_activation, name="out")(x)
+    out = layers.Conv2D(out_channels, 1, activation=out_activation, name="out",
+                        bias_initializer=keras.initializers.Constant(out_bias))(x)
     return keras.Model(inp, out, name="unet")
 
 
@@ -169,17 +173,25 @@ class OnePassConfig:
     anomaly_fraction: float = 0.5
     kinds: Tuple[str, ...] = KINDS
     seed: int = 0
+    out_bias: float = 0.0
 
 
 def _dice_bce(y_true: Any, y_pred: Any) -> Any:
-    """BCE plus soft Dice: masks cover a few % of the pixels, and BCE alone learns to say "nothing"."""
+    """BCE plus soft Dice over the whole batch: masks cover a few % of the pixels, and BCE alone
+    learns to say "nothing".
+
+    The Dice is pooled over the batch, not taken per image: half the images are normal (empty
+    mask), and a per-image Dice of an empty mask, 1 - 1 / (sum(pred) + 1), is near 1 for any
+    prediction summing to more than a few px, so the cheapest minimum was 0 everywhere: the model
+    collapsed to a constant (pixel AUROC 0.500 after int8, bench/explain_compare.py).
+    """
     import keras
     from keras import ops
 
     bce = keras.losses.binary_crossentropy(y_true, y_pred)
-    inter = ops.sum(y_true * y_pred, axis=(1, 2, 3))
-    dice = 1 - (2 * inter + 1) / (ops.sum(y_true, axis=(1, 2, 3)) + ops.sum(y_pred, axis=(1, 2, 3)) + 1)
-    return ops.mean(bce) + ops.mean(dice)
+    inter = ops.sum(y_true * y_pred)
+    dice = 1 - (2 * inter + 1) / (ops.sum(y_true) + ops.sum(y_pred) + 1)
+    return ops.mean(bce) + dice
 
 
 def training_batch(x_normal: np.ndarray, n: int, gen: AnomalyGenerator, fraction: float, seed: int
@@ -206,7 +218,7 @@ def fit_one_pass(x_normal: np.ndarray, cfg: Optional[OnePassConfig] = None,
     if len(x_normal) == 0:
         raise ExplainError("no normal images to train the explainer on")
     keras.utils.set_random_seed(cfg.seed)
-    model = unet(tuple(x_normal.shape[1:]), cfg.width, cfg.depth, 1, "sigmoid")
+    model = unet(tuple(x_normal.shape[1:]), cfg.width, cfg.depth, 1, "sigmoid", out_bias=cfg.out_bias)
     model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=_dice_bce)
     gen = AnomalyGenerator(cfg.kinds, foreign)
     t0 = time.perf_counter()
@@ -221,19 +233,42 @@ def fit_one_pass(x_normal: np.ndarray, cfg: Optional[OnePassConfig] = None,
                    "train_seconds": time.perf_counter() - t0, "n_normal": int(len(x_normal))}
 
 
-def export_one_pass(model: Any, representative: np.ndarray, out: Union[str, Path]) -> Path:
-    """Full-int8 (float in/out) batch-1 TFLite of the explainer at ``out``; raises if float ops remain."""
-    from .export import convert, fixed_batch_model, float_ops, op_table
+def representative_set(x_normal: np.ndarray, n: int = 200, foreign: Optional[Sequence[np.ndarray]] = None,
+                       fraction: float = 0.5, seed: int = 0) -> np.ndarray:
+    """Images (n, H, W, C) for int8 calibration: normals and synthetic anomalies, like the training batches.
 
-    cfg = model.get_config()
-    fixed = fixed_batch_model(model, lambda: unet(tuple(model.input_shape[1:]), *_unet_params(cfg), batch_size=1))
-    blob, _ = convert(fixed, "int8", np.asarray(representative, np.float32))
+    Normals alone never drive the logits up, so the converter would clip the anomalous range
+    (a sigmoid capped at 0.5 in our runs).
+    """
+    return training_batch(x_normal, n, AnomalyGenerator(KINDS, foreign), fraction, seed)[0]
+
+
+def export_one_pass(model: Any, representative: np.ndarray, out: Union[str, Path]) -> Path:
+    """Full-int8 (float in/out) batch-1 TFLite of the explainer's logit at ``out``; raises if float ops remain.
+
+    representative: calibration inputs with anomalies in them (:func:`representative_set`).
+    """
+    from .export import convert, float_ops, op_table
+
+    width, depth, ch, _ = _unet_params(model.get_config())
+    logit = unet(tuple(model.input_shape[1:]), width, depth, ch, "linear", batch_size=1)
+    logit.set_weights(model.get_weights())
+    x = np.asarray(representative[:4], np.float32)
+    diff = float(np.max(np.abs(_sigmoid(np.asarray(logit(x, training=False))) - np.asarray(model(x, training=False)))))
+    if diff > 1e-4:
+        raise ExplainError(f"the batch-1 logit rebuild differs from the trained explainer (max |diff| {diff:.3g})")
+    blob, _ = convert(logit, "int8", np.asarray(representative, np.float32))
     out = Path(out)
     out.write_bytes(blob)
     left = float_ops(op_table(out))
     if left:
         raise ExplainError(f"explainer keeps float ops after int8 conversion: {', '.join(left)}")
     return out
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    """Logistic in numpy without overflow warnings for very negative logits."""
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, np.float32)))
 
 
 def _unet_params(cfg: Dict[str, Any]) -> Tuple[int, int, int, str]:
@@ -246,12 +281,15 @@ def _unet_params(cfg: Dict[str, Any]) -> Tuple[int, int, int, str]:
 
 def save_explainer(out_dir: Union[str, Path], model: Any, pre: Preprocess, summary: Dict[str, Any],
                    representative: np.ndarray) -> Path:
-    """Write explainer.keras, explainer_int8.tflite and explainer.json into ``out_dir``."""
+    """Write explainer.keras, explainer_int8.tflite and explainer.json into ``out_dir``.
+
+    representative: int8 calibration inputs with anomalies in them (:func:`representative_set`).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(out_dir / EXPLAINER_KERAS)
     export_one_pass(model, representative, out_dir / EXPLAINER_TFLITE)
-    doc = {"kind": "one-pass-explainer", "preprocess": pre.to_dict(), **summary,
+    doc = {"kind": "one-pass-explainer", "preprocess": pre.to_dict(), "tflite_output": "logit", **summary,
            "tflite_bytes": (out_dir / EXPLAINER_TFLITE).stat().st_size}
     (out_dir / EXPLAINER_JSON).write_text(json.dumps(doc, indent=2) + "\n")
     return out_dir
@@ -272,7 +310,11 @@ class OnePass:
             from edge_detect.runtime import TFLiteModel
 
             self._tfl = TFLiteModel(path / EXPLAINER_TFLITE, num_threads=1)
-            self._run = lambda x: self._tfl.run_batch(x)
+            # Explainers saved before the logit export end in the sigmoid themselves.
+            if self.meta.get("tflite_output") == "logit":
+                self._run = lambda x: _sigmoid(self._tfl.run_batch(x))
+            else:
+                self._run = lambda x: self._tfl.run_batch(x)
         else:
             import keras
 
@@ -400,7 +442,7 @@ def _click_commands() -> List[Any]:
         model, summary = fit_one_pass(x, cfg, pool, progress=lambda e, loss: click.echo(f"epoch {e}/{epochs} "
                                                                                          f"loss {loss:.4f}"))
         summary["data"] = str(data)
-        save_explainer(out_dir, model, pre, summary, x[:200])
+        save_explainer(out_dir, model, pre, summary, representative_set(x, 200, pool, seed=seed))
         click.echo(f"explainer: {out_dir} ({len(x)} normal images, {summary['train_seconds']:.0f} s)")
 
     return [explain_cmd, fit_cmd]

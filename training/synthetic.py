@@ -13,7 +13,8 @@ whatever the batch, because each draws from ``default_rng([seed, i])``. Pixels o
 never changed, and each anomaly changes the pixels inside its mask visibly (mean |change| at least
 ``min_contrast``; draws that don't are redrawn).
 
-Uses: threshold calibration without real defects (``edge-train ... --synthetic``), outlier
+Uses: threshold calibration without real defects (``edge-train fit --calibration synthetic``,
+which scores :func:`synthesize` output and takes training.calibrate's best F1), outlier
 exposure for metric models (:func:`outlier_exposure`), and training the one-pass explainer.
 """
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -335,41 +336,3 @@ def outlier_exposure(
     """(images (n, H, W, C) float32, masks (n, H, W) bool): "other" images for metric-model outlier exposure."""
     s = synthesize(images, n, seed, KINDS, foreign, value_range)
     return s.images, s.masks
-
-
-# -- thresholds without real defects ------------------------------------------------------------
-
-
-def best_f1_threshold(normal_scores: np.ndarray, anomaly_scores: np.ndarray) -> Tuple[float, float]:
-    """(threshold, F1) maximising F1 of "score > threshold" = anomalous; midpoint between neighbours."""
-    s = np.r_[np.asarray(normal_scores, np.float64), np.asarray(anomaly_scores, np.float64)]
-    y = np.r_[np.zeros(len(normal_scores), bool), np.ones(len(anomaly_scores), bool)]
-    if not y.any() or y.all():
-        raise ValueError("best-F1 calibration needs both normal and anomalous scores")
-    order = np.argsort(-s, kind="mergesort")
-    ss, yy = s[order], y[order]
-    tp = np.cumsum(yy)
-    fp = np.cumsum(~yy)
-    last = np.r_[ss[1:] != ss[:-1], True]  # cut only between distinct scores
-    f1 = np.where(last, 2 * tp / (tp + fp + y.sum()), -1)
-    k = int(np.argmax(f1))
-    nxt = ss[k + 1] if k + 1 < len(ss) else ss[k] - 1e-6
-    return float((ss[k] + nxt) / 2), float(f1[k])
-
-
-def synthetic_calibration(
-    score: Callable[[np.ndarray], np.ndarray], x_val: np.ndarray, n: int = 200, seed: int = 0,
-    foreign: Optional[Union[str, Path, Sequence[np.ndarray]]] = None,
-    value_range: Tuple[float, float] = (0.0, 1.0),
-) -> dict:
-    """Best-F1 threshold between normal validation images and ``n`` synthetic anomalies made from them.
-
-    score: (N, H, W, C) -> (N,) anomaly scores (the run's scorer). For users without real defects;
-    ``bench/synthetic_transfer.py`` measures how well such a threshold holds on real ones.
-    """
-    normal = np.asarray(score(x_val), np.float64)
-    s = synthesize(x_val, n, seed, KINDS, foreign, value_range)
-    anomal = np.asarray(score(s.images), np.float64)
-    thr, f1 = best_f1_threshold(normal, anomal)
-    return {"method": "best_f1_synthetic", "threshold": thr, "f1": f1, "synthetic": int(n),
-            "synthetic_tpr": float((anomal > thr).mean()), "normal_tnr": float((normal <= thr).mean())}
