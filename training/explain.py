@@ -240,7 +240,9 @@ def representative_set(x_normal: np.ndarray, n: int = 200, foreign: Optional[Seq
     Normals alone never drive the logits up, so the converter would clip the anomalous range
     (a sigmoid capped at 0.5 in our runs).
     """
-    return training_batch(x_normal, n, AnomalyGenerator(KINDS, foreign), fraction, seed)[0]
+    from .export import representative_sample
+
+    return representative_sample(x_normal, n, seed, synthetic_share=fraction, foreign=foreign)
 
 
 def export_one_pass(model: Any, representative: np.ndarray, out: Union[str, Path]) -> Path:

@@ -206,11 +206,12 @@ def convert(
 
 
 def representative_sample(x_train: np.ndarray, n: int = REPRESENTATIVE_MAX, seed: int = 0,
-                          synthetic_share: float = 0.0) -> np.ndarray:
+                          synthetic_share: float = 0.0, foreign: Optional[Sequence[np.ndarray]] = None) -> np.ndarray:
     """Up to ``n`` normal training images, drawn without replacement (reproducible with ``seed``).
 
     synthetic_share: this share of them get a synthetic defect (training.synthetic), so that the
-    int8 activation ranges also cover what a defect produces instead of clipping it.
+    int8 activation ranges also cover what a defect produces instead of clipping it (foreign:
+    pictures for the foreign-object kind).
     """
     if len(x_train) == 0:
         raise ExportError("no normal training images for the int8 representative dataset")
@@ -220,7 +221,7 @@ def representative_sample(x_train: np.ndarray, n: int = REPRESENTATIVE_MAX, seed
     if k:
         from .synthetic import synthesize
 
-        rep[:k] = synthesize(rep[:k], k, seed=seed).images
+        rep[:k] = synthesize(rep[:k], k, seed=seed, foreign=foreign).images
     return rep
 
 
