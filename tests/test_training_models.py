@@ -71,10 +71,10 @@ def test_parameters_change_the_network():
 
 
 def test_synthetic_noise_pairs_defects_with_clean_targets():
-    from training.train import epoch_pairs
+    from training.train import synthetic_pairs
 
     x = _images(40, 32)
-    ds = epoch_pairs(x, batch_size=16, seed=3, defect_fraction=0.5)
+    ds = synthetic_pairs(x, batch_size=16, fraction=0.5, seed=3)
     epochs = [[(np.asarray(a), np.asarray(b)) for a, b in ds] for _ in range(2)]
     for batches in epochs:
         noisy = np.concatenate([a for a, _ in batches])
