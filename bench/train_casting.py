@@ -41,11 +41,7 @@ def main() -> None:
     spec = dataset_spec(str(root / "train" / "ok_front"), anomalies=str(root / "train" / "def_front"),
                         val_fraction=0.1, test_fraction=0.2, seed=args.seed, max_train=args.max_train)
     base = {"epochs": args.epochs, "seed": args.seed, "score": "mse"}
-    configs = train_sweep.parse_configs(args.config or DEFAULT_CONFIGS, base)
-    rows, details = train_sweep.sweep(spec, configs, Path(args.out), export=args.export)
-    common.print_table(train_sweep.fmt_rows(rows), train_sweep.COLUMNS)
-    path = common.write_result(args.name, {"dataset": spec, "epochs": args.epochs, "rows": rows, "runs": details})
-    print(f"wrote {path}")
+    train_sweep.run_and_report(spec, args.config or DEFAULT_CONFIGS, base, Path(args.out), args.export, args.name)
 
 
 if __name__ == "__main__":

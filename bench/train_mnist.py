@@ -42,11 +42,7 @@ def main() -> None:
     root = common.data_dir(args.data, None if args.data else "mnist")
     spec = dataset_spec(str(root), layout="idx", normal_classes=["1"], val_fraction=0.1, seed=args.seed)
     base = {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed, "score": "mse"}
-    configs = train_sweep.parse_configs(args.config or DEFAULT_CONFIGS, base)
-    rows, details = train_sweep.sweep(spec, configs, Path(args.out), export=args.export)
-    common.print_table(train_sweep.fmt_rows(rows), train_sweep.COLUMNS)
-    path = common.write_result(args.name, {"dataset": spec, "epochs": args.epochs, "rows": rows, "runs": details})
-    print(f"wrote {path}")
+    train_sweep.run_and_report(spec, args.config or DEFAULT_CONFIGS, base, Path(args.out), args.export, args.name)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import common
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 METHODS: Tuple[Tuple[str, int], ...] = (("mse", 0), ("mae", 0), ("ssim", 0), ("max_smooth", 5), ("max_smooth", 9))
@@ -94,6 +96,15 @@ def sweep(spec: Dict[str, Any], configs: Sequence[Tuple[str, Dict[str, Any]]], o
                 details[name]["int8"] = m
         print(f"done {name} in {wall:.0f} s", flush=True)
     return rows, details
+
+
+def run_and_report(spec: Dict[str, Any], items: Sequence[str], base: Dict[str, Any], out_root: Path,
+                   export: bool, name: str) -> None:
+    """The train_mnist / train_casting tail: sweep the configs, print the table, write the JSON."""
+    rows, details = sweep(spec, parse_configs(items, base), out_root, export=export)
+    common.print_table(fmt_rows(rows), COLUMNS)
+    path = common.write_result(name, {"dataset": spec, "epochs": base["epochs"], "rows": rows, "runs": details})
+    print(f"wrote {path}")
 
 
 def fmt_rows(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
