@@ -107,23 +107,7 @@ def ssim_l1_loss(alpha: float = 0.84):
     return loss
 
 
-def hard_mae_loss(gamma: float = 1.0):
-    """Per-image MAE weighted by (its MAE / the batch mean)^gamma: rare normal variants pull harder.
-
-    Plain MAE lets the ~1-2 % atypical normals (a "1" with a base stroke) stay badly reconstructed,
-    and they become the heavy right tail of the normal scores that mu + k sigma cannot absorb.
-    """
-    import tensorflow as tf
-
-    def loss(y_true, y_pred):
-        err = tf.reduce_mean(tf.abs(y_true - y_pred), axis=[1, 2, 3])
-        w = tf.stop_gradient((err / (tf.reduce_mean(err) + 1e-8)) ** gamma)
-        return w * err
-
-    return loss
-
-
-LOSSES = ("mae", "mse", "ssim_l1", "hard_mae")
+LOSSES = ("mae", "mse", "ssim_l1")
 
 
 def loss_for(family: str, loss: Optional[str] = None):
@@ -131,6 +115,4 @@ def loss_for(family: str, loss: Optional[str] = None):
     loss = loss or ("ssim_l1" if family == "dilated" else "mae")
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if loss == "ssim_l1":
-        return ssim_l1_loss()
-    return hard_mae_loss() if loss == "hard_mae" else loss
+    return ssim_l1_loss() if loss == "ssim_l1" else loss
