@@ -122,3 +122,22 @@ def test_cli_choices_mirror_the_model_module():
     from training import cli, models, train
 
     assert cli.AE_FAMILIES == models.FAMILIES and cli.LOSSES == models.LOSSES and cli.NOISES == train.NOISES
+
+
+def test_shuffled_batches_reshuffle_every_epoch_without_autotuning():
+    from training.pipeline import shuffled_batches
+
+    x = np.arange(10, dtype=np.float32)
+    y = x * 10
+    ds = shuffled_batches((x, y), batch_size=4, seed=5, map_fn=lambda a, b: (a, b + 1))
+    # Autotuning's thread made every other epoch wait 15-37 s before its first batch (pipeline.py).
+    assert ds.options().autotune.enabled is False
+    epochs = [[(np.asarray(a), np.asarray(b)) for a, b in ds] for _ in range(2)]
+    for batches in epochs:
+        assert [len(a) for a, _ in batches] == [4, 4, 2]
+        xs, ys = np.concatenate([a for a, _ in batches]), np.concatenate([b for _, b in batches])
+        assert sorted(xs) == list(x) and np.array_equal(ys, xs * 10 + 1)  # pairs stay together
+    orders = [np.concatenate([a for a, _ in b]) for b in epochs]
+    assert not np.array_equal(*orders)
+    again = np.concatenate([np.asarray(a) for a, _ in shuffled_batches((x, y), 4, seed=5)])
+    assert np.array_equal(again, orders[0])  # same seed, same order

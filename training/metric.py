@@ -112,6 +112,8 @@ def train_embedder(
     """Train the L2-softmax classifier; returns (classifier, history). Classes are balanced by weight."""
     import keras
 
+    from .pipeline import shuffled_batches
+
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(tuple(x.shape[1:]), n_classes, cfg.backbone, cfg.embed_dim, cfg.alpha, cfg.width,
                         cfg.weights, l2=cfg.l2, head=cfg.head)
@@ -121,7 +123,8 @@ def train_embedder(
     # Outlier exposure usually has far fewer (or more) aux images than normals: weight classes equally.
     weights = {c: float(len(y) / (n_classes * max(1.0, counts[c]))) for c in range(n_classes)}
     val = (x_val, y_val) if x_val is not None and y_val is not None and len(x_val) else None
-    hist = model.fit(x, y, batch_size=cfg.batch_size, epochs=cfg.epochs, validation_data=val, shuffle=True,
+    hist = model.fit(shuffled_batches((x, y), cfg.batch_size, cfg.seed), epochs=cfg.epochs, validation_data=val,
+                     shuffle=False,  # the dataset reshuffles itself
                      class_weight=weights, callbacks=callbacks or [], verbose=verbose)
     return model, {k: [float(v) for v in vs] for k, vs in hist.history.items()}
 

@@ -155,6 +155,7 @@ def fit(spec: Dict[str, Any], cfg: FitConfig, out_dir: Path, verbose: int = 1,
     import tensorflow as tf
 
     from .models import build_model, loss_for
+    from .pipeline import shuffled_batches, untuned
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -174,15 +175,12 @@ def fit(spec: Dict[str, Any], cfg: FitConfig, out_dir: Path, verbose: int = 1,
     model = build_model(cfg.family, pre.shape, **params)
     model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss_for(cfg.family, cfg.loss))
     if cfg.family == "denoising" and cfg.noise == "synthetic":
-        ds = synthetic_pairs(splits.x_train, cfg.batch_size, cfg.noise_strength, cfg.seed)
+        ds = untuned(synthetic_pairs(splits.x_train, cfg.batch_size, cfg.noise_strength, cfg.seed).prefetch(2))
+    elif cfg.family == "denoising":
+        ds = shuffled_batches(splits.x_train, cfg.batch_size, cfg.seed,
+                              lambda b: (add_noise(b, cfg.noise, cfg.noise_strength), b))
     else:
-        ds = tf.data.Dataset.from_tensor_slices(splits.x_train).shuffle(len(splits.x_train), seed=cfg.seed)
-        ds = ds.batch(cfg.batch_size)
-        if cfg.family == "denoising":
-            ds = ds.map(lambda b: (add_noise(b, cfg.noise, cfg.noise_strength), b))
-        else:
-            ds = ds.map(lambda b: (b, b))
-    ds = ds.prefetch(2)
+        ds = shuffled_batches(splits.x_train, cfg.batch_size, cfg.seed, lambda b: (b, b))
     ckpt = out_dir / "model.keras"
     cbs = [keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_loss", save_best_only=True, verbose=0)]
     if cfg.patience:
