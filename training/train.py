@@ -206,7 +206,7 @@ def fit(spec: Dict[str, Any], cfg: FitConfig, out_dir: Path, verbose: int = 1,
                                             lambda x: score_keras(model, scorer, x)[0])
     calibration = cal.calibrate(val_scores, cfg.calibration, calib_anom, cfg.k, cfg.q, cfg.far)
     test_scores, test_maps = score_keras(model, scorer, splits.x_test)
-    metrics = evaluate_scores(splits, test_scores, test_maps, calibration["threshold"])
+    metrics = evaluate_scores(splits, test_scores, test_maps, calibration["threshold"], scorer.to_dict())
 
     info = {
         "family": "autoencoder",
@@ -246,14 +246,23 @@ def calibration_anomaly_scores(splits: Splits, method: str, seed: int, score: An
     return None
 
 
-def evaluate_scores(splits: Splits, scores: np.ndarray, maps: Optional[np.ndarray], threshold: float) -> Dict:
-    """Image metrics (+ pixel metrics where masks exist) of test scores."""
+def evaluate_scores(splits: Splits, scores: np.ndarray, maps: Optional[np.ndarray], threshold: float,
+                    scoring: Optional[Dict[str, Any]] = None) -> Dict:
+    """Image metrics (+ pixel metrics where masks exist) of test scores.
+
+    scoring: the scorer's dict; pixel metrics are then taken on the map the device's heatmap shows
+    (``edge_detect.heatmap.pixel_map``: mse/mae errors box-smoothed), not on the raw error.
+    """
     if len(scores) == 0:
         return {}
     m = evaluate(scores, splits.y_test, threshold, splits.test_kinds)
     if splits.masks_test is not None and maps is not None:
+        from edge_detect.heatmap import pixel_map
+
         from .pixel_metrics import pixel_metrics
 
+        if scoring is not None:
+            maps = pixel_map(maps, str(scoring.get("method", "mse")), int(scoring.get("smooth", 5)))
         m["pixel"] = pixel_metrics(maps, splits.masks_test)
     return m
 
@@ -313,6 +322,7 @@ def evaluate_run(
         scores, maps, _ = det.infer(splits.x_test)
         val_scores = det.infer(splits.x_val)[0]
         threshold = det.threshold
+        scoring = det.bundle.manifest.get("scoring", {})
         where = f"bundle {bundle} variant {det.variant}"
     elif info.get("family") == "metric":
         # A metric run scores embeddings against the reference set that export writes into the bundle.
@@ -324,8 +334,9 @@ def evaluate_run(
         scores, maps = score_keras(run.model, run.scorer, splits.x_test)
         val_scores = score_keras(run.model, run.scorer, splits.x_val)[0]
         threshold = run.calibration["threshold"]
+        scoring = run.scorer.to_dict()
         where = f"run {run_dir} (Keras float32)"
-    metrics = evaluate_scores(splits, scores, maps, threshold)
+    metrics = evaluate_scores(splits, scores, maps, threshold, scoring)
     metrics["evaluated"] = where
     metrics["scores"] = {"test": [float(s) for s in scores], "labels": splits.y_test.tolist(),
                          "images": [it.source if it.index < 0 else f"{it.source}#{it.index}"
