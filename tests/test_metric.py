@@ -188,6 +188,20 @@ def test_single_class_with_synthetic_outlier_exposure_from_the_cli(tmp_path):
     assert info["metrics"]["n_anomalous"] == 8 and info["n_classes"] == 2
     assert info["model_params"]["head"] == "gap"
 
+    # --aux repeats: every folder's pictures join the "other" class; a missing one is a one-line error.
+    for name, n in (("aux1", 5), ("aux2", 7)):
+        (tmp_path / name).mkdir()
+        for i in range(n):
+            Image.fromarray(odd_image(rng), "L").save(tmp_path / name / f"{i}.png")
+    res = CliRunner().invoke(train_main, [*args, "--out", str(tmp_path / "two"), "--aux", str(tmp_path / "aux1"),
+                                          "--aux", str(tmp_path / "aux2")])
+    assert res.exit_code == 0, res.output
+    aux = json.loads((tmp_path / "two" / "run.json").read_text())["data_summary"]["aux"]
+    assert aux["count"] == 12 and aux["synthetic"] == 0 and len(aux["folders"]) == 2
+    res = CliRunner().invoke(train_main, [*args, "--out", str(tmp_path / "bad"), "--aux", str(tmp_path / "aux1"),
+                                          "--aux", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "--aux folder not found" in res.output and "nope" in res.output
+
 
 def test_config_rejects_bad_values():
     from training import metric

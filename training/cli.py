@@ -118,16 +118,17 @@ def _fit_autoencoder(spec: Dict[str, Any], cfg: Any, out_dir: Path, opts: Dict[s
 def _fit_metric(spec: Dict[str, Any], cfg: Any, out_dir: Path, opts: Dict[str, Any], verbose: int) -> Dict:
     from . import metric
 
-    aux = opts.get("aux")
-    if aux and not Path(aux).is_dir():
-        raise UserError(f"--aux folder not found: {aux}")
+    aux = list(opts.get("aux") or ())
+    for folder in aux:
+        if not Path(folder).is_dir():
+            raise UserError(f"--aux folder not found: {folder}")
     mcfg = metric.MetricConfig(backbone=opts["backbone"], embed_dim=opts["embed_dim"], alpha=opts["alpha"],
                                head=opts["head"],
                                scorer=opts["scorer"], contamination=opts["contamination"],
                                reference_size=opts["reference_size"], reduce=opts["reduce"],
                                synthetic_aux=opts["synthetic_aux"], epochs=cfg.epochs,
                                batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, seed=cfg.seed)
-    return metric.fit_run(spec, cfg, mcfg, out_dir, aux_dir=aux, verbose=verbose)
+    return metric.fit_run(spec, cfg, mcfg, out_dir, aux_dirs=aux, verbose=verbose)
 
 
 def fit_family(family: str, spec: Dict[str, Any], cfg: Any, out_dir: Path, opts: Optional[Dict[str, Any]] = None,
@@ -182,7 +183,8 @@ def fit_family(family: str, spec: Dict[str, Any], cfg: Any, out_dir: Path, opts:
               help="metric: embedding size.")
 @click.option("--head", type=click.Choice(["flatten", "gap"]), default="flatten", show_default=True,
               help="metric: flatten keeps where things are; gap (global average) ignores it, e.g. for rotating parts.")
-@click.option("--aux", type=click.Path(), help="metric: folder of unrelated images (outlier exposure).")
+@click.option("--aux", type=click.Path(), multiple=True,
+              help="metric: folder of unrelated images (outlier exposure); repeat for several.")
 @click.option("--synthetic-aux", type=click.FloatRange(0.0, 4.0), default=0.0, show_default=True,
               help="metric: synthetic anomalies per normal training image, added as 'other' (outlier exposure).")
 @click.option("--scorer", type=click.Choice(["lof", "knn"]), default="lof", show_default=True, help="metric scorer.")

@@ -18,7 +18,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -258,24 +258,28 @@ def fit_metric(
             "train_seconds": train_s}
 
 
-def load_aux(aux_dir: Optional[str], pre: Any) -> Optional[np.ndarray]:
-    """Every readable image under ``aux_dir`` (recursively), preprocessed like the training data."""
-    if not aux_dir:
+def load_aux(aux_dirs: Union[str, Sequence[str], None], pre: Any) -> Optional[np.ndarray]:
+    """Every readable image under the ``aux_dirs`` folders (recursively), preprocessed like the training data."""
+    dirs = [aux_dirs] if isinstance(aux_dirs, str) else list(aux_dirs or ())
+    if not dirs:
         return None
     from .data import IMAGE_SUFFIXES, DataError, Item, load_items
 
-    root = Path(aux_dir)
-    if not root.is_dir():
-        raise DataError(f"aux folder not found: {aux_dir}")
-    items = [Item(str(p)) for p in sorted(root.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
-    x, _, _ = load_items(items, pre, "aux")
-    if len(x) == 0:
-        raise DataError(f"no readable images in aux folder {aux_dir}")
-    return x
+    parts = []
+    for folder in dirs:
+        root = Path(folder)
+        if not root.is_dir():
+            raise DataError(f"aux folder not found: {folder}")
+        items = [Item(str(p)) for p in sorted(root.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+        x, _, _ = load_items(items, pre, "aux")
+        if len(x) == 0:
+            raise DataError(f"no readable images in aux folder {folder}")
+        parts.append(x)
+    return np.concatenate(parts)
 
 
-def fit_run(spec: Dict[str, Any], fit_cfg: Any, cfg: MetricConfig, out_dir: Path, aux_dir: Optional[str] = None,
-            verbose: int = 1) -> Dict[str, Any]:
+def fit_run(spec: Dict[str, Any], fit_cfg: Any, cfg: MetricConfig, out_dir: Path,
+            aux_dirs: Sequence[str] = (), verbose: int = 1) -> Dict[str, Any]:
     """``edge-train fit --model metric``: the metric twin of ``training.train.fit``.
 
     Same dataset spec, preprocessing, held-out split, calibration modes, metrics and report as the
@@ -292,13 +296,15 @@ def fit_run(spec: Dict[str, Any], fit_cfg: Any, cfg: MetricConfig, out_dir: Path
     pre = fit_cfg.preprocess()
     t0 = time.time()
     splits = rebuild_splits(spec, pre)
-    x_aux = load_aux(aux_dir, pre)
+    aux_dirs = list(aux_dirs)
+    x_aux = load_aux(aux_dirs, pre)
     n_syn = int(round(cfg.synthetic_aux * len(splits.x_train)))
     if n_syn:
         from .synthetic import load_foreign, outlier_exposure
 
         # The aux pictures, when given, also supply the foreign-object patches.
-        foreign = load_foreign(aux_dir, seed=fit_cfg.seed) if aux_dir else None
+        foreign = [p for d in aux_dirs for p in load_foreign(d, limit=max(1, 64 // len(aux_dirs)),
+                                                              seed=fit_cfg.seed)] or None
         x_syn = outlier_exposure(splits.x_train, n_syn, seed=fit_cfg.seed, foreign=foreign)[0]
         x_aux = x_syn if x_aux is None else np.concatenate([x_aux, x_syn])
     t_data = time.time() - t0
@@ -327,7 +333,7 @@ def fit_run(spec: Dict[str, Any], fit_cfg: Any, cfg: MetricConfig, out_dir: Path
         "config": {k: v for k, v in fit_cfg.__dict__.items() if k != "model_params"},
         "preprocess": pre.to_dict(),
         "dataset": spec,
-        "data_summary": {**splits.summary, "aux": {"folder": aux_dir, "count": 0 if x_aux is None else len(x_aux),
+        "data_summary": {**splits.summary, "aux": {"folders": aux_dirs, "count": 0 if x_aux is None else len(x_aux),
                                                    "synthetic": n_syn}},
         "calibration": calibration,
         "metrics": metrics,
