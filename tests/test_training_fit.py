@@ -82,3 +82,15 @@ def test_bad_arguments_are_one_line_exit_2(mvtec_dir, tmp_path, args, needle):
     res = CliRunner().invoke(main, ["fit", str(mvtec_dir), "--out", str(tmp_path / "run"), *args])
     assert res.exit_code == 2 and "Traceback" not in res.output and needle in res.output, res.output
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "synthetic"])
+def test_denoising_fit_through_each_input_pipeline(mvtec_dir, tmp_path, noise):
+    """fit's two denoising inputs (tf.data noise map, synthetic-defect generator) train and score."""
+    spec = dataset_spec(str(mvtec_dir), seed=0)
+    cfg = FitConfig(family="denoising", input_size=16, epochs=2, noise=noise, noise_strength=0.3, batch_size=8,
+                    model_params=dict(TINY))
+    info = fit(spec, cfg, tmp_path / noise, verbose=0)
+    loss = info["history"]["loss"]
+    assert len(loss) == 2 and np.isfinite(loss).all() and info["config"]["noise"] == noise
+    assert info["metrics"]["n_anomalous"] == 8 and np.isfinite(info["metrics"]["auroc"])
