@@ -111,7 +111,7 @@ def test_evaluation_report_carries_pixel_auroc_and_pro_where_masks_exist(tmp_pat
 def test_pixel_metrics_are_taken_on_the_device_heatmap_map():
     from edge_detect.heatmap import pixel_map
     from training.data import Splits
-    from training.train import evaluate_scores
+    from training.train import evaluate_scores, heatmap_maps
 
     rng = np.random.default_rng(1)
     masks = np.zeros((4, 32, 32), bool)
@@ -123,6 +123,6 @@ def test_pixel_metrics_are_taken_on_the_device_heatmap_map():
     splits = Splits(x_train=x[:2], x_val=x[:2], x_test=x, y_test=np.array([0, 0, 1, 1]),
                     test_kinds=["good"] * 2 + ["defect"] * 2, summary={}, masks_test=masks)
     scoring = {"kind": "reconstruction", "method": "mse", "smooth": 5}
-    m = evaluate_scores(splits, maps.max(axis=(1, 2)), maps, 0.5, scoring)
+    m = evaluate_scores(splits, maps.max(axis=(1, 2)), heatmap_maps(maps, scoring), 0.5)
     assert m["pixel"]["pixel_auroc"] == pytest.approx(pixel_auroc(pixel_map(maps, "mse", 5), masks))
     assert m["pixel"]["pixel_auroc"] > pixel_auroc(maps, masks) + 0.02  # smoothing is what makes it solid

@@ -94,3 +94,14 @@ def test_denoising_fit_through_each_input_pipeline(mvtec_dir, tmp_path, noise):
     loss = info["history"]["loss"]
     assert len(loss) == 2 and np.isfinite(loss).all() and info["config"]["noise"] == noise
     assert info["metrics"]["n_anomalous"] == 8 and np.isfinite(info["metrics"]["auroc"])
+    if noise == "gaussian":  # pixel metrics judge the device's smoothed heatmap map, not the raw error
+        from edge_detect.heatmap import pixel_map
+        from training.data import rebuild_splits
+        from training.pixel_metrics import pixel_auroc
+
+        run = load_run(tmp_path / noise)
+        splits = rebuild_splits(spec, run.preprocess)
+        raw = score_keras(run.model, run.scorer, splits.x_test)[1]
+        shown = pixel_map(raw, "mse", cfg.smooth)
+        assert info["metrics"]["pixel"]["pixel_auroc"] == pytest.approx(pixel_auroc(shown, splits.masks_test))
+        assert pixel_auroc(shown, splits.masks_test) != pytest.approx(pixel_auroc(raw, splits.masks_test))

@@ -206,7 +206,8 @@ def fit(spec: Dict[str, Any], cfg: FitConfig, out_dir: Path, verbose: int = 1,
                                             lambda x: score_keras(model, scorer, x)[0])
     calibration = cal.calibrate(val_scores, cfg.calibration, calib_anom, cfg.k, cfg.q, cfg.far)
     test_scores, test_maps = score_keras(model, scorer, splits.x_test)
-    metrics = evaluate_scores(splits, test_scores, test_maps, calibration["threshold"], scorer.to_dict())
+    test_maps = heatmap_maps(test_maps, scorer.to_dict())
+    metrics = evaluate_scores(splits, test_scores, test_maps, calibration["threshold"])
 
     info = {
         "family": "autoencoder",
@@ -246,23 +247,26 @@ def calibration_anomaly_scores(splits: Splits, method: str, seed: int, score: An
     return None
 
 
-def evaluate_scores(splits: Splits, scores: np.ndarray, maps: Optional[np.ndarray], threshold: float,
-                    scoring: Optional[Dict[str, Any]] = None) -> Dict:
-    """Image metrics (+ pixel metrics where masks exist) of test scores.
+def heatmap_maps(maps: Optional[np.ndarray], scoring: Dict[str, Any]) -> Optional[np.ndarray]:
+    """The maps (N, H, W) the device's heatmap cuts regions from (``edge_detect.heatmap.pixel_map``).
 
-    scoring: the scorer's dict; pixel metrics are then taken on the map the device's heatmap shows
-    (``edge_detect.heatmap.pixel_map``: mse/mae errors box-smoothed), not on the raw error.
+    Pixel metrics and the report's grids use these, not the raw error, so they judge what a user sees.
     """
+    if maps is None:
+        return None
+    from edge_detect.heatmap import pixel_map
+
+    return pixel_map(maps, str(scoring.get("method", "mse")), int(scoring.get("smooth", 5)))
+
+
+def evaluate_scores(splits: Splits, scores: np.ndarray, maps: Optional[np.ndarray], threshold: float) -> Dict:
+    """Image metrics (+ pixel metrics of ``maps`` where masks exist) of test scores."""
     if len(scores) == 0:
         return {}
     m = evaluate(scores, splits.y_test, threshold, splits.test_kinds)
     if splits.masks_test is not None and maps is not None:
-        from edge_detect.heatmap import pixel_map
-
         from .pixel_metrics import pixel_metrics
 
-        if scoring is not None:
-            maps = pixel_map(maps, str(scoring.get("method", "mse")), int(scoring.get("smooth", 5)))
         m["pixel"] = pixel_metrics(maps, splits.masks_test)
     return m
 
@@ -320,9 +324,9 @@ def evaluate_run(
         det = Detector(bundle, variant=variant)
         splits = rebuild_splits(spec, det.preprocess)
         scores, maps, _ = det.infer(splits.x_test)
+        maps = heatmap_maps(maps, det.bundle.manifest.get("scoring", {}))
         val_scores = det.infer(splits.x_val)[0]
         threshold = det.threshold
-        scoring = det.bundle.manifest.get("scoring", {})
         where = f"bundle {bundle} variant {det.variant}"
     elif info.get("family") == "metric":
         # A metric run scores embeddings against the reference set that export writes into the bundle.
@@ -332,11 +336,11 @@ def evaluate_run(
         run = load_run(run_dir)
         splits = rebuild_splits(spec, run.preprocess)
         scores, maps = score_keras(run.model, run.scorer, splits.x_test)
+        maps = heatmap_maps(maps, run.scorer.to_dict())
         val_scores = score_keras(run.model, run.scorer, splits.x_val)[0]
         threshold = run.calibration["threshold"]
-        scoring = run.scorer.to_dict()
         where = f"run {run_dir} (Keras float32)"
-    metrics = evaluate_scores(splits, scores, maps, threshold, scoring)
+    metrics = evaluate_scores(splits, scores, maps, threshold)
     metrics["evaluated"] = where
     metrics["scores"] = {"test": [float(s) for s in scores], "labels": splits.y_test.tolist(),
                          "images": [it.source if it.index < 0 else f"{it.source}#{it.index}"
