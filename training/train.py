@@ -51,7 +51,6 @@ class FitConfig:
     noise_strength: float = 0.1  # synthetic: the fraction of training images that get a defect
     patience: int = 0
     loss: Optional[str] = None  # None: the family's default (models.loss_for)
-    augment: float = 0.0  # random rotation (fraction of a turn), shift and zoom (fraction of the size)
     model_params: Dict[str, Any] = field(default_factory=dict)
 
     def preprocess(self) -> Preprocess:
@@ -180,17 +179,6 @@ def fit(spec: Dict[str, Any], cfg: FitConfig, out_dir: Path, verbose: int = 1,
     elif cfg.family == "denoising":
         ds = shuffled_batches(splits.x_train, cfg.batch_size, cfg.seed,
                               lambda b: (add_noise(b, cfg.noise, cfg.noise_strength), b))
-    elif cfg.augment:
-        aug = keras.Sequential([keras.layers.RandomRotation(cfg.augment, fill_mode="constant", seed=cfg.seed),
-                                keras.layers.RandomTranslation(cfg.augment, cfg.augment, fill_mode="constant",
-                                                               seed=cfg.seed + 1),
-                                keras.layers.RandomZoom(cfg.augment, fill_mode="constant", seed=cfg.seed + 2)])
-
-        def pair(b):
-            a = aug(b, training=True)
-            return a, a
-
-        ds = shuffled_batches(splits.x_train, cfg.batch_size, cfg.seed, pair)
     else:
         ds = shuffled_batches(splits.x_train, cfg.batch_size, cfg.seed, lambda b: (b, b))
     ckpt = out_dir / "model.keras"
