@@ -193,14 +193,24 @@ def test_single_class_with_synthetic_outlier_exposure_from_the_cli(tmp_path):
         (tmp_path / name).mkdir()
         for i in range(n):
             Image.fromarray(odd_image(rng), "L").save(tmp_path / name / f"{i}.png")
-    res = CliRunner().invoke(train_main, [*args, "--out", str(tmp_path / "two"), "--aux", str(tmp_path / "aux1"),
-                                          "--aux", str(tmp_path / "aux2")])
+    no_scorer = [a for a in args if a not in ("--scorer", "knn")]
+    res = CliRunner().invoke(train_main, [*no_scorer, "--out", str(tmp_path / "two"),
+                                          "--aux", str(tmp_path / "aux1"), "--aux", str(tmp_path / "aux2")])
     assert res.exit_code == 0, res.output
-    aux = json.loads((tmp_path / "two" / "run.json").read_text())["data_summary"]["aux"]
+    two = json.loads((tmp_path / "two" / "run.json").read_text())
+    aux = two["data_summary"]["aux"]
     assert aux["count"] == 12 and aux["synthetic"] == 0 and len(aux["folders"]) == 2
+    assert two["scoring"]["kind"] == "knn"  # --scorer auto: kNN once an "other" class is trained
     res = CliRunner().invoke(train_main, [*args, "--out", str(tmp_path / "bad"), "--aux", str(tmp_path / "aux1"),
                                           "--aux", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "--aux folder not found" in res.output and "nope" in res.output
+
+
+def test_scorer_auto_is_knn_with_outlier_exposure_only():
+    from training.metric import resolve_scorer
+
+    assert resolve_scorer("auto", True) == "knn" and resolve_scorer("auto", False) == "lof"
+    assert resolve_scorer("lof", True) == "lof" and resolve_scorer("knn", False) == "knn"
 
 
 def test_config_rejects_bad_values():

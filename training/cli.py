@@ -124,7 +124,8 @@ def _fit_metric(spec: Dict[str, Any], cfg: Any, out_dir: Path, opts: Dict[str, A
             raise UserError(f"--aux folder not found: {folder}")
     mcfg = metric.MetricConfig(backbone=opts["backbone"], embed_dim=opts["embed_dim"], alpha=opts["alpha"],
                                head=opts["head"],
-                               scorer=opts["scorer"], contamination=opts["contamination"],
+                               scorer=metric.resolve_scorer(opts["scorer"], bool(aux or opts["synthetic_aux"])),
+                               contamination=opts["contamination"],
                                reference_size=opts["reference_size"], reduce=opts["reduce"],
                                synthetic_aux=opts["synthetic_aux"], epochs=cfg.epochs,
                                batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, seed=cfg.seed)
@@ -187,7 +188,8 @@ def fit_family(family: str, spec: Dict[str, Any], cfg: Any, out_dir: Path, opts:
               help="metric: folder of unrelated images (outlier exposure); repeat for several.")
 @click.option("--synthetic-aux", type=click.FloatRange(0.0, 4.0), default=0.0, show_default=True,
               help="metric: synthetic anomalies per normal training image, added as 'other' (outlier exposure).")
-@click.option("--scorer", type=click.Choice(["lof", "knn"]), default="lof", show_default=True, help="metric scorer.")
+@click.option("--scorer", type=click.Choice(["auto", "lof", "knn"]), default="auto", show_default=True,
+              help="metric scorer; auto: knn with outlier exposure (--aux/--synthetic-aux), else lof.")
 @click.option("--contamination", type=float, default=0.01, show_default=True, help="metric: LOF/kNN contamination.")
 @click.option("--reference-size", type=click.IntRange(1), help="metric: reduce the reference set to this many.")
 @click.option("--reduce", type=click.Choice(["kmeans", "coreset"]), default="kmeans", show_default=True)
