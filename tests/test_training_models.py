@@ -125,6 +125,8 @@ def test_cli_choices_mirror_the_model_module():
 
 
 def test_shuffled_batches_reshuffle_every_epoch_without_autotuning():
+    import tensorflow as tf
+
     from training.pipeline import shuffled_batches
 
     x = np.arange(10, dtype=np.float32)
@@ -141,3 +143,6 @@ def test_shuffled_batches_reshuffle_every_epoch_without_autotuning():
     assert not np.array_equal(*orders)
     again = np.concatenate([np.asarray(a) for a, _ in shuffled_batches((x, y), 4, seed=5)])
     assert np.array_equal(again, orders[0])  # same seed, same order
+    # Shuffling indices gives the order a buffer of the images would: runs before the change reproduce.
+    images = np.concatenate([np.asarray(b) for b in tf.data.Dataset.from_tensor_slices(x).shuffle(10, seed=5).batch(4)])
+    assert np.array_equal(images, orders[0])
