@@ -80,9 +80,9 @@ def main() -> None:
     x = np.random.default_rng(0).random((args.n, args.size, args.size, 1), dtype=np.float32)
     rows = []
     for item in args.config or DEFAULT_CONFIGS:
+        family, _, rest = item.partition(":")
+        params = {k: int(v) for k, v in (p.split("=") for p in filter(None, rest.split(",")))}
         for feed in args.feed or ["dataset"]:
-            family, _, rest = item.partition(":")
-            params = {k: int(v) for k, v in (p.split("=") for p in filter(None, rest.split(",")))}
             keras.utils.set_random_seed(0)
             model = build_model(family, (args.size, args.size, 1), **params)
             model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss_for(family))

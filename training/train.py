@@ -95,6 +95,7 @@ def synthetic_pairs(x: np.ndarray, batch_size: int, fraction: float, seed: int) 
     """
     import tensorflow as tf
 
+    from .pipeline import untuned
     from .synthetic import AnomalyGenerator
 
     gen = AnomalyGenerator()
@@ -114,7 +115,8 @@ def synthetic_pairs(x: np.ndarray, batch_size: int, fraction: float, seed: int) 
     spec = tf.TensorSpec((None, *x.shape[1:]), tf.float32)
     ds = tf.data.Dataset.from_generator(batches, output_signature=(spec, spec))
     # Without a known length Keras stops after the first epoch ("input ran out of data").
-    return ds.apply(tf.data.experimental.assert_cardinality(-(-len(x) // batch_size)))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(-(-len(x) // batch_size)))
+    return untuned(ds.prefetch(2))
 
 
 def predict(model: Any, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -155,7 +157,7 @@ def fit(spec: Dict[str, Any], cfg: FitConfig, out_dir: Path, verbose: int = 1,
     import tensorflow as tf
 
     from .models import build_model, loss_for
-    from .pipeline import shuffled_batches, untuned
+    from .pipeline import shuffled_batches
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -175,7 +177,7 @@ def fit(spec: Dict[str, Any], cfg: FitConfig, out_dir: Path, verbose: int = 1,
     model = build_model(cfg.family, pre.shape, **params)
     model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss_for(cfg.family, cfg.loss))
     if cfg.family == "denoising" and cfg.noise == "synthetic":
-        ds = untuned(synthetic_pairs(splits.x_train, cfg.batch_size, cfg.noise_strength, cfg.seed).prefetch(2))
+        ds = synthetic_pairs(splits.x_train, cfg.batch_size, cfg.noise_strength, cfg.seed)
     elif cfg.family == "denoising":
         ds = shuffled_batches(splits.x_train, cfg.batch_size, cfg.seed,
                               lambda b: (add_noise(b, cfg.noise, cfg.noise_strength), b))
