@@ -94,9 +94,7 @@ def train(args: argparse.Namespace, d: Dict[str, np.ndarray], pp: Preprocess, ru
     if model_path.exists() and not args.retrain:
         import keras
 
-        from training import metric_models  # noqa: F401 - registers the L2 layer
-
-        metric_models._l2_layer("probe")
+        metric.register_custom_layers()
         model = keras.models.load_model(model_path)
         hist = json.loads((run / "run.json").read_text()).get("history", {})
     else:

@@ -5,12 +5,17 @@ CPU. Random images suffice (the speed does not depend on the pixels). One warm-u
 builds the graph, then --epochs timed epochs; also CPU seconds, since a shared machine inflates wall
 time, and the longest wait between an epoch's start and its first batch.
 
+--bn fused (default) trains with ``training.layers.BatchNorm``'s fused kernel; --bn keras with
+Keras 3's composite batch norm (what the models used before; the same arithmetic, about 1.4x slower at
+128 px).
+
 --feed dataset (default) feeds ``training.pipeline.shuffled_batches``, as ``edge-train fit`` does;
 --feed arrays passes the numpy arrays straight to ``fit`` (Keras' own autotuned tf.data), which
 waits 15-37 s before the first batch of about every other epoch.
 
     python bench/train_speed.py --size 128 --n 2000 --config plain:width=16,depth=3,latent=16 ...
     python bench/train_speed.py --epochs 4 --feed arrays --feed dataset --config plain:width=16,depth=3,latent=16
+    python bench/train_speed.py --epochs 2 --bn keras --bn fused --config plain:width=16,depth=3,latent=16
 """
 
 from __future__ import annotations
@@ -53,12 +58,15 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1, help="timed epochs")
     ap.add_argument("--feed", action="append", choices=("dataset", "arrays"),
                     help="how fit gets the images (repeatable; default dataset)")
+    ap.add_argument("--bn", action="append", choices=("fused", "keras"),
+                    help="batch norm's training kernel (repeatable; default fused)")
     ap.add_argument("--name", default="train_speed")
     args = ap.parse_args()
 
     import keras
     import numpy as np
 
+    from training.layers import BatchNorm
     from training.models import build_model, loss_for
 
     class FirstBatchWait(keras.callbacks.Callback):
@@ -82,7 +90,8 @@ def main() -> None:
     for item in args.config or DEFAULT_CONFIGS:
         family, _, rest = item.partition(":")
         params = {k: int(v) for k, v in (p.split("=") for p in filter(None, rest.split(",")))}
-        for feed in args.feed or ["dataset"]:
+        for feed, bn in ((f, b) for f in args.feed or ["dataset"] for b in args.bn or ["fused"]):
+            BatchNorm.fused = bn == "fused"
             keras.utils.set_random_seed(0)
             model = build_model(family, (args.size, args.size, 1), **params)
             model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss_for(family))
@@ -91,7 +100,7 @@ def main() -> None:
             t0, c0 = time.perf_counter(), _cpu_s()
             _train(model, feed, x, args.batch_size, args.epochs, [waits])
             wall, cpu = (time.perf_counter() - t0) / args.epochs, (_cpu_s() - c0) / args.epochs
-            rows.append({"config": item, "feed": feed, "params": int(model.count_params()),
+            rows.append({"config": item, "feed": feed, "bn": bn, "params": int(model.count_params()),
                          "s_per_epoch": round(wall, 1), "cpu_s_per_epoch": round(cpu, 1),
                          "max_first_batch_wait_s": round(max(waits.waits), 1),
                          "epochs_in_budget": int(args.budget_s // wall), "s_30_epochs": round(30 * wall)})

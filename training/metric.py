@@ -366,14 +366,14 @@ def load_run(run_dir: Path) -> Tuple[Any, MetricConfig, Tuple[int, int, int]]:
     """(classifier, config, input shape) of a metric run directory."""
     import keras
 
-    _l2_registered()
+    register_custom_layers()
     run = json.loads((Path(run_dir) / "run.json").read_text())
     cfg = MetricConfig(**run["metric"])
     return keras.models.load_model(Path(run_dir) / "model.keras"), cfg, tuple(run["input_shape"])
 
 
-def _l2_registered() -> None:
-    """Loading a model.keras needs the custom L2 layer class registered first."""
+def register_custom_layers() -> None:
+    """Loading a metric model.keras needs its custom L2 layer class registered first."""
     from . import metric_models
 
     metric_models._l2_layer("probe")

@@ -17,10 +17,6 @@ from typing import Any, Optional, Tuple
 BACKBONES = ("cnn", "mobilenetv2-0.35", "mobilenetv2-0.5")
 L2_PLACES = ("host", "graph")
 HEADS = ("gap", "flatten")
-# Keras' default 0.99 (MobileNetV2: 0.999) needs ~500 (5000) steps before the moving statistics
-# forget their initial values; a short run on 2,000 casting images has ~200, and its inference-mode
-# outputs were measured useless (validation accuracy 0 with training accuracy 1). 0.9 settles in ~50.
-BN_MOMENTUM = 0.9
 
 
 _L2_CLASS: Any = None
@@ -50,9 +46,14 @@ def _cnn(x: Any, width: int, head: str) -> Any:
     (``head="gap"``) or flatten (``"flatten"``: keeps where things are, RESHAPE in TFLite)."""
     from keras import layers
 
+    from .layers import BN_MOMENTUM
+
     for i, w in enumerate((width, width * 2, width * 4)):
         for j in range(2):
             x = layers.Conv2D(w, 3, padding="same", use_bias=False, name=f"conv{i}_{j}")(x)
+            # Keras' batch norm, not training.layers.BatchNorm: trained with the fused kernel, this
+            # embedder lost 0.008-0.017 AUROC in int8 in 3 of 3 seeds, against <= 0.003 with this
+            # one (docs/BENCHMARKS.md, "Training time (bar: ...)"); the cause is not known.
             x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"bn{i}_{j}")(x)
             x = layers.ReLU(name=f"relu{i}_{j}")(x)
         x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
@@ -64,6 +65,8 @@ def _cnn(x: Any, width: int, head: str) -> Any:
 def _mobilenet(x: Any, width: float, weights: Optional[str]) -> Any:
     import keras
     from keras import layers
+
+    from .layers import BN_MOMENTUM
 
     shape = tuple(int(d) for d in x.shape[1:])
     if weights == "imagenet" and shape[-1] == 1:

@@ -25,17 +25,15 @@ from typing import Optional, Tuple
 import keras
 from keras import layers
 
+from .layers import BN_MOMENTUM, BatchNorm
+
 FAMILIES = ("plain", "denoising", "superres", "dilated")
-# Keras' default 0.99 needs ~500 steps before the moving statistics forget their start; 2,000
-# images at batch 32 are 63 steps an epoch, so validation (inference mode) lagged training for
-# most of a 10-epoch run. 0.9 settles in ~50 steps (the metric models measured the same).
-BN_MOMENTUM = 0.9
 DEFAULTS = {"width": 16, "depth": 3, "latent": 16, "k": 2, "dilations": (1, 2, 4), "skips": 0}
 
 
 def _conv(x, filters: int, dilation: int = 1, name: str = ""):
     x = layers.Conv2D(filters, 3, padding="same", dilation_rate=dilation, use_bias=False, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    x = BatchNorm(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 

@@ -291,6 +291,8 @@ def load_run(run_dir: Path) -> Run:
     """Read RUN_DIR/run.json and RUN_DIR/model.keras."""
     import keras
 
+    from . import layers  # noqa: F401 - registers BatchNorm, which model.keras may name
+
     run_dir = Path(run_dir)
     info = json.loads((run_dir / "run.json").read_text())
     model = keras.models.load_model(run_dir / "model.keras", compile=False)
