@@ -53,7 +53,7 @@ def _cnn(x: Any, width: int, head: str) -> Any:
             x = layers.Conv2D(w, 3, padding="same", use_bias=False, name=f"conv{i}_{j}")(x)
             # Keras' batch norm, not training.layers.BatchNorm: trained with the fused kernel, this
             # embedder lost 0.008-0.017 AUROC in int8 in 3 of 3 seeds, against <= 0.003 with this
-            # one (docs/BENCHMARKS.md, "Training time (bar: ...)"); the cause is not known.
+            # one (docs/BENCHMARKS.md, "Training time (bar: ...)"); chance or cause is not settled.
             x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"bn{i}_{j}")(x)
             x = layers.ReLU(name=f"relu{i}_{j}")(x)
         x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
