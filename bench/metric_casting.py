@@ -78,13 +78,13 @@ def main() -> None:
     fit = metric.fit_metric(run, cfg, train, None, val, None, aux, verbose=2)
     train_s = time.time() - t0
     model, cfg, shape = metric.load_run(run)
-    parts = metric.export_parts(run, model, cfg, shape)
+    parts = metric.export_parts(run, model, cfg, shape, train)
     x_test = np.concatenate([test_ok, bad])
     y_test = np.concatenate([np.zeros(len(test_ok)), np.ones(len(bad))]).astype(np.int64)
     spec = E.ExportSpec(model=parts["model"], preprocess=pp, scoring=parts["scoring"],
                         calibration=fit["calibration"], calibrate=parts["calibrate"], family="metric",
                         name=f"metric-casting-{args.aux}", model_params=parts["model_params"],
-                        rebuild=parts["rebuild"], arrays=parts["arrays"])
+                        rebuild=parts["rebuild"], arrays=parts["arrays"], reference=parts["reference"])
     bundle = Path(args.work) / f"bundle-{tag}"
     E.export_bundle(spec, E.DataSplits(train, val, x_test, y_test), bundle, quant="int8", allow_degraded=True,
                     echo=print)

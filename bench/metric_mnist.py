@@ -123,13 +123,14 @@ def export(model: Any, cfg: Any, run: Path, x_train: np.ndarray, x_val: np.ndarr
         tmp = run / f"ref-{l2}"
         tmp.mkdir(exist_ok=True)
         metric.save_reference(tmp, emb, labels)
-        parts = metric.export_parts(tmp, model, cfg, pp.shape)
+        parts = metric.export_parts(tmp, model, cfg, pp.shape, x_train)
     else:
-        parts = metric.export_parts(run, model, cfg, pp.shape)
+        parts = metric.export_parts(run, model, cfg, pp.shape, x_train)
     spec = E.ExportSpec(model=parts["model"], preprocess=pp, scoring=parts["scoring"],
                         calibration=parts["calibration"],
                         calibrate=parts["calibrate"], family=parts["family"], name=f"metric-mnist-{l2}",
-                        model_params=parts["model_params"], rebuild=parts["rebuild"], arrays=parts["arrays"])
+                        model_params=parts["model_params"], rebuild=parts["rebuild"], arrays=parts["arrays"],
+                        reference=parts["reference"])
     data = E.DataSplits(x_train=x_train, x_val=x_val)
     E.export_bundle(spec, data, out, quant="int8", allow_degraded=True, echo=print)
     return out

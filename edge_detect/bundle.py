@@ -59,7 +59,7 @@ class Bundle:
 
     path: Path
     manifest: Dict[str, Any]
-    _arrays: Optional[Dict[str, np.ndarray]] = field(default=None, repr=False)
+    _arrays: Dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # loaded so far, by name
 
     @property
     def name(self) -> str:
@@ -79,16 +79,27 @@ class Bundle:
 
     @property
     def arrays(self) -> Dict[str, np.ndarray]:
-        """Reference arrays (e.g. normal embeddings), loaded once."""
-        if self._arrays is None:
-            self._arrays = {
-                k: np.load(self.path / v["file"], allow_pickle=False)
-                for k, v in self.manifest.get("arrays", {}).items()
-            }
-        return self._arrays
+        """Every reference array in the bundle (e.g. normal embeddings), by name; each loaded once."""
+        return {k: self.array(k) for k in self.manifest.get("arrays", {})}
 
-    def scorer(self) -> Scorer:
-        return scorer_from_dict(self.manifest["scoring"], self.arrays)
+    def array(self, name: str) -> np.ndarray:
+        if name not in self._arrays:
+            self._arrays[name] = np.load(self.path / self.manifest["arrays"][name]["file"], allow_pickle=False)
+        return self._arrays[name]
+
+    def variant_arrays(self, variant: Optional[str] = None) -> Dict[str, np.ndarray]:
+        """The arrays the scorer reads with ``variant``, by the name the scorer knows them by.
+
+        A variant may map a name to its own copy (``variants.<v>.arrays``): an int8 model's
+        embeddings are compared with references embedded by that int8 model, so the quantisation
+        error they share cancels. Only these arrays are loaded.
+        """
+        own = self.variants[variant].get("arrays") if variant in self.variants else None
+        names = own if own is not None else {k: k for k in self.manifest.get("arrays", {})}
+        return {k: self.array(v) for k, v in names.items()}
+
+    def scorer(self, variant: Optional[str] = None) -> Scorer:
+        return scorer_from_dict(self.manifest["scoring"], self.variant_arrays(variant))
 
     def calibration(self, variant: str) -> Dict[str, Any]:
         """Threshold and normal-score statistics for a variant (its own, if export recalibrated it)."""
@@ -133,6 +144,9 @@ def check_manifest(m: Mapping[str, Any], where: str = MANIFEST) -> None:
                 raise BundleError(f"{where}: variants.{name}.{k} is missing")
         if v["file"] not in m["files"]:
             raise BundleError(f"{where}: variants.{name}.file {v['file']!r} has no entry in files")
+        for role, arr in v.get("arrays", {}).items():
+            if arr not in m.get("arrays", {}):
+                raise BundleError(f"{where}: variants.{name}.arrays.{role} names {arr!r}, which is not in arrays")
     try:
         Preprocess.from_dict(m["preprocess"])
     except (TypeError, ValueError, KeyError) as e:

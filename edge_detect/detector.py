@@ -112,7 +112,7 @@ class Detector:
         self.preprocess: Preprocess = self.bundle.preprocess
         if roi is not None:
             self.preprocess = self.preprocess.with_roi(roi)
-        self.scorer = self.bundle.scorer()
+        self.scorer = self.bundle.scorer(self.variant)
         cal = self.bundle.calibration(self.variant)
         self.threshold = float(threshold if threshold is not None else cal["threshold"])
         stats = cal.get("normal_stats") or {}

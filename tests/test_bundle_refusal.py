@@ -125,6 +125,16 @@ def test_wrong_quantisation_in_manifest_is_refused(good, tmp_path):
         b, image, "--variant", "int8_io")
 
 
+def test_variant_naming_a_missing_reference_array_is_refused(good, tmp_path):
+    path, _, image = good
+    b = copy(path, tmp_path / "b")
+    edit_manifest(b, lambda m: m["variants"]["int8"].__setitem__("arrays", {"reference": "reference_int8"}))
+    msg = "variants.int8.arrays.reference names 'reference_int8', which is not in arrays"
+    with pytest.raises(BundleError, match=msg):
+        load_bundle(b)
+    assert msg in refuse_cli(b, image)
+
+
 def test_unknown_schema_version_is_refused(good, tmp_path):
     path, archive, image = good
     b = copy(path, tmp_path / "b")

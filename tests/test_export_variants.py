@@ -232,6 +232,8 @@ def test_edgetpu_compiler_on_path_adds_compiled_variant(tmp_path, monkeypatch):
     assert v["edgetpu"]["ops_on_tpu"] == 6 and v["edgetpu"]["ops_on_cpu"] == 0
     assert m["tools"]["edgetpu_compiler"] == "16.0.384591198"
     assert b"edgetpu-custom-op" in (res.bundle.path / v["file"]).read_bytes()
+    # It runs int8_io's graph, so it takes int8_io's threshold rather than float32's.
+    assert v["calibration"] == m["variants"]["int8_io"]["calibration"]
     # On a CPU without the delegate the compiled variant is refused with a reason, not a crash.
     from edge_detect.bundle import BundleError
 

@@ -103,6 +103,50 @@ def test_bundle_carries_reference_and_int8_embedder(trained):
     assert spec["shape"] == [1, 8]
 
 
+def test_each_variant_scores_against_references_it_embedded_itself(trained):
+    """int8 embeddings are compared with int8 references, so the error both share cancels."""
+    from edge_detect.bundle import load_bundle
+    from edge_detect.detector import Detector
+    from training import metric
+    from training.data import rebuild_splits
+
+    b = load_bundle(trained["bundle"])
+    own = {v: b.variants[v]["arrays"] for v in ("float32", "int8", "int8_io")}
+    assert own["float32"]["reference"] == "reference" and own["int8"]["reference"] == "reference_int8"
+    assert own["int8_io"] == own["int8"]  # same outputs, one stored copy
+    assert own["int8"]["reference_labels"] == "reference_labels"  # identical arrays are not duplicated
+    info, cfg = trained["info"], metric.load_run(trained["run"])[1]
+    det = Detector(trained["bundle"], variant="int8")
+    x_train = rebuild_splits(info["dataset"], det.preprocess).x_train
+    images = x_train[metric.reference_indices(len(x_train), cfg)]
+    want = det.scorer.embed(det.model.run_batch(images))
+    np.testing.assert_array_equal(det.scorer.reference, want)
+    np.testing.assert_array_equal(b.array("reference_int8"), want)
+    assert "reference" not in det.bundle._arrays  # the float32 copy is never loaded for int8
+    f32 = Detector(trained["bundle"], variant="float32").scorer.reference
+    assert f32.shape == want.shape and not np.array_equal(f32, want)
+    # Each variant's threshold comes from its own validation scores against its own references.
+    v_cal = b.variants["int8"]["calibration"]
+    val = det.infer(rebuild_splits(info["dataset"], det.preprocess).x_val)[0]
+    assert v_cal["threshold"] == pytest.approx(np.quantile(val, 1 - cfg.contamination), rel=1e-6)
+
+
+def test_export_refuses_references_when_the_training_images_changed(trained):
+    from training import metric
+    from training.export import ExportError
+
+    model, cfg, shape = metric.load_run(trained["run"])
+    emb, _ = metric.load_reference(trained["run"])
+    n = len(emb)
+    parts = metric.export_parts(trained["run"], model, cfg, shape, np.zeros((n, *shape), np.float32))
+    fit = parts["reference"].fit
+    arrays, scores = fit(emb, "float32")
+    assert arrays["reference"].shape == emb.shape and scores.shape == (n,)
+    fit(emb + 0.5, "int8")  # other variants differ from the float embeddings by design
+    with pytest.raises(ExportError, match="the data changed since edge-train fit"):
+        fit(emb + 0.5, "float32")
+
+
 def test_evaluate_metric_run_through_its_bundle(trained):
     from training.cli import main as train_main
 

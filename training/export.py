@@ -368,11 +368,25 @@ class DataSplits:
 
 
 @dataclass
+class ReferenceSet:
+    """A scorer's reference set (kNN / LOF), rebuilt from each variant's own outputs.
+
+    images: preprocessed images (N, H, W, C) whose model outputs are the references.
+    fit: (raw outputs (N, ...), variant) -> (the scorer's arrays, leave-one-out reference scores (N,)).
+    """
+
+    images: np.ndarray
+    fit: Callable[[np.ndarray, str], Tuple[Dict[str, np.ndarray], np.ndarray]]
+
+
+@dataclass
 class ExportSpec:
     """Everything ``export_bundle`` needs besides the data; the run directory provides it.
 
     calibrate: validation scores (N,) -> ``{"threshold": float, "normal_stats": {...}, ...}``,
     the run's own calibration method, so each variant gets a threshold in its own score units.
+    With ``reference`` it is also given the variant's ``reference_scores``.
+    reference: rebuild the scorer's arrays per variant (else every variant shares ``arrays``).
     """
 
     model: Any
@@ -389,6 +403,7 @@ class ExportSpec:
     metrics: Dict[str, Any] = field(default_factory=dict)
     arrays: Dict[str, np.ndarray] = field(default_factory=dict)
     run: Dict[str, Any] = field(default_factory=dict)
+    reference: Optional[ReferenceSet] = None
 
 
 @dataclass
@@ -474,6 +489,40 @@ def _tool_versions() -> Dict[str, Any]:
     return versions
 
 
+def variant_references(
+    ref: ReferenceSet, files: Mapping[str, Path], variants: Dict[str, Dict[str, Any]],
+    echo: Callable[[str], None] = print,
+) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+    """Embed the reference images with every CPU-runnable variant: (bundle arrays, reference scores per variant).
+
+    Each variant's scorer then compares its outputs with references from the same numerics, so an
+    int8 model's systematic error cancels instead of reading as distance (docs/EXPORT.md).
+    float32 keeps the scorer's array names; another variant's copy is ``<name>_<variant>``, unless
+    it equals a copy already stored (int8 and int8_io give the same outputs). Sets
+    ``variants[v]["arrays"]``; the Edge TPU variant takes int8_io's, the model it was compiled from.
+    """
+    arrays: Dict[str, np.ndarray] = {}
+    stored: Dict[str, List[str]] = {}
+    ref_scores: Dict[str, np.ndarray] = {}
+    order = sorted((v for v in files if v != "int8_edgetpu"), key=lambda v: v != "float32")
+    for v in order:
+        outputs = TFLiteModel(files[v], num_threads=1).run_batch(np.asarray(ref.images, np.float32))
+        own, ref_scores[v] = ref.fit(outputs, v)
+        names: Dict[str, str] = {}
+        for role, arr in own.items():
+            same = [n for n in stored.get(role, []) if arrays[n].shape == arr.shape and np.array_equal(arrays[n], arr)]
+            names[role] = same[0] if same else (role if v == "float32" else f"{role}_{v}")
+            if not same:
+                arrays[names[role]] = arr
+                stored.setdefault(role, []).append(names[role])
+        variants[v]["arrays"] = names
+        echo(f"references {v:<8} {len(outputs)} images embedded by this variant")
+    if "int8_edgetpu" in variants and "int8_io" in variants:
+        variants["int8_edgetpu"]["arrays"] = dict(variants["int8_io"]["arrays"])
+        ref_scores["int8_edgetpu"] = ref_scores["int8_io"]
+    return arrays, ref_scores
+
+
 def export_bundle(
     spec: ExportSpec,
     data: DataSplits,
@@ -539,6 +588,14 @@ def export_bundle(
                 variants[v]["compiled_from"] = "int8_io"
                 variants[v]["edgetpu"] = {k: val for k, val in edgetpu.items() if k != "file"}
 
+        arrays, ref_scores = dict(spec.arrays), {}
+        if spec.reference is not None:
+            arrays, ref_scores = variant_references(spec.reference, files, variants, echo)
+
+        def calibrate(v: str, val_scores: np.ndarray) -> Dict[str, Any]:
+            kw = {"reference_scores": ref_scores[v]} if v in ref_scores else {}
+            return {**spec.calibrate(val_scores, **kw), **pixel_calibration(staged, v, data.x_val)}
+
         manifest: Dict[str, Any] = {
             "name": spec.name,
             "version": str(spec.version),
@@ -558,7 +615,7 @@ def export_bundle(
         if edgetpu is not None:
             manifest["tools"]["edgetpu_compiler"] = edgetpu.get("compiler_version")
         stage = work / "stage"
-        staged = write_bundle(stage, manifest, {p.name: p for p in files.values()}, spec.arrays)
+        staged = write_bundle(stage, manifest, {p.name: p for p in files.values()}, arrays)
 
         # Score every split with every CPU-runnable variant through the device code.
         splits = {"validation": data.x_val}
@@ -572,15 +629,13 @@ def export_bundle(
 
         failures: List[str] = []
         ref = scores["float32"]
-        ref_cal = spec.calibrate(ref["validation"])
-        ref_cal.update(pixel_calibration(staged, "float32", data.x_val))  # heatmap regions on the device
+        ref_cal = calibrate("float32", ref["validation"])  # with the heatmap regions on the device
         keras_out = np.asarray(fixed(data.x_val[:1], training=False))
         tfl_out = TFLiteModel(files["float32"], num_threads=1)(np.asarray(data.x_val[:1], np.float32))
         variants["float32"]["conversion_max_abs_diff"] = float(np.max(np.abs(keras_out - tfl_out)))
         evaluation: Dict[str, Any] = {}
         for v, s in scores.items():
-            cal = ref_cal if v == "float32" else {**spec.calibrate(s["validation"]),
-                                                     **pixel_calibration(staged, v, data.x_val)}
+            cal = ref_cal if v == "float32" else calibrate(v, s["validation"])
             variants[v]["calibration"] = cal
             if "test" in s:
                 evaluation[v] = _split_eval(s["test"], data.y_test, cal["threshold"])
@@ -598,6 +653,9 @@ def export_bundle(
             if v in FULL_INTEGER and not rep_v.get("auroc_checked"):
                 warnings.append(f"{v}: no labelled test data with both classes, so the AUROC parity gate "
                                 "could not run")
+        if "int8_edgetpu" in variants:
+            # The Edge TPU runs int8_io's graph; its scores are the nearest the CPU can measure.
+            variants["int8_edgetpu"]["calibration"] = variants["int8_io"]["calibration"]
         if "int8_io" in variants:
             table = variants["int8_io"]["parity"]["ops"]
             cpu = [r for r in table if r["edgetpu"] == "cpu"]
@@ -621,7 +679,7 @@ def export_bundle(
         }
         manifest["metrics"] = {**spec.metrics, "variants": evaluation}
         manifest["calibration"] = {**spec.calibration, **ref_cal}
-        bundle = write_bundle(out, manifest, {p.name: p for p in files.values()}, spec.arrays)
+        bundle = write_bundle(out, manifest, {p.name: p for p in files.values()}, arrays)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     arch = None

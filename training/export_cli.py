@@ -95,13 +95,14 @@ def _metric_inputs(run_dir: Path, info: dict, name: Optional[str], version: str)
     from . import metric
 
     model, cfg, shape = metric.load_run(run_dir)
-    parts = metric.export_parts(run_dir, model, cfg, shape)
     pre = Preprocess.from_dict(info["preprocess"])
     splits = data_mod.rebuild_splits(info["dataset"], pre)
+    parts = metric.export_parts(run_dir, model, cfg, shape, _field(splits, "x_train"))
     spec = ExportSpec(
         model=parts["model"], preprocess=pre, scoring=parts["scoring"], calibration=dict(info["calibration"]),
         calibrate=parts["calibrate"], family=parts["family"], name=name or run_dir.resolve().name,
         version=version, model_params=parts["model_params"], rebuild=parts["rebuild"], arrays=parts["arrays"],
+        reference=parts["reference"],
         training_data=dict(_field(splits, "summary") or {}), metrics=dict(info.get("metrics") or {}),
     )
     data = DataSplits(x_train=_field(splits, "x_train"), x_val=_field(splits, "x_val"),

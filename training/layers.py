@@ -1,4 +1,4 @@
-"""Layers for the model families: the shared batch-norm momentum, and the autoencoders' batch norm."""
+"""Layers for the model families: the shared batch-norm momentum, and a batch norm that trains fused."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ class BatchNorm(layers.BatchNormalization):
     Keras 3 builds batch norm from moments and element-wise ops, each a pass over the activations
     forward and back. At 128x128 px that was 30 % of an autoencoder's training step
     (``bench/train_speed.py --bn keras --bn fused``). The weights, the moving statistics and the
-    inference path (what is evaluated and exported) are those of BatchNormalization. The metric
-    CNN does not use it (see training/metric_models.py).
+    inference path (what is evaluated and exported) are those of BatchNormalization. The
+    autoencoders and the small metric CNN use it; MobileNetV2 keeps Keras' own layers.
     """
 
     # Off: every call takes the Keras path (the benchmark's comparison row).

@@ -195,32 +195,54 @@ def rebuild_embedder(cfg: MetricConfig, input_shape: Tuple[int, int, int], class
     return rebuild
 
 
-def export_parts(run_dir: Path, classifier: Any, cfg: MetricConfig,
-                 input_shape: Tuple[int, int, int]) -> Dict[str, Any]:
+def reference_indices(n_train: int, cfg: MetricConfig) -> np.ndarray:
+    """Which training images (sorted indices) the reference set embeds: at most ``max_reference``."""
+    return np.sort(np.random.default_rng(cfg.seed).permutation(n_train)[: cfg.max_reference])
+
+
+def export_parts(run_dir: Path, classifier: Any, cfg: MetricConfig, input_shape: Tuple[int, int, int],
+                 x_train: Optional[np.ndarray] = None) -> Dict[str, Any]:
     """What export needs beyond an autoencoder's: model, rebuild, scoring dict, arrays, calibrate,
-    and a starting calibration (the contamination threshold over the float references).
+    a starting calibration (the contamination threshold over the float references), and with
+    ``x_train`` (the run's training images, rebuilt) the reference set each variant re-embeds.
 
     ``calibrate`` maps a variant's validation scores to its calibration with the run's method; for
     the contamination mode the threshold is the quantile (1 - contamination) of those held-out
     normal scores, so every variant (float32, int8) gets a threshold in its own score units.
     """
+    from .export import ExportError, ReferenceSet
+
     emb, labels = load_reference(run_dir)
     scorer, ref_scores = build_scorer(emb, labels, cfg)
 
     run_cal = _run_calibration(run_dir)
 
-    def calibrate(val_scores: np.ndarray) -> Dict[str, Any]:
+    def calibrate(val_scores: np.ndarray, reference_scores: Optional[np.ndarray] = None) -> Dict[str, Any]:
         v = np.asarray(val_scores, np.float64)
         if run_cal.get("method", "contamination") == "contamination":
-            return calibration_from_reference(ref_scores, cfg.contamination, v)
+            rs = ref_scores if reference_scores is None else reference_scores
+            return calibration_from_reference(rs, cfg.contamination, v)
         from . import calibrate as cal
 
         return cal.recalibrate(run_cal, v)
 
+    def fit(outputs: np.ndarray, variant: str) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
+        outputs = outputs.reshape(len(outputs), -1)
+        # float32 must reproduce what fit embedded; if not, the images are not the same ones.
+        if variant == "float32" and (outputs.shape != emb.shape or np.max(np.abs(outputs - emb))
+                                     > 1e-3 * max(1.0, float(np.max(np.abs(emb))))):
+            raise ExportError(f"{run_dir}: the training images no longer give the embeddings in "
+                              f"{REFERENCE_FILE} (the data changed since edge-train fit)")
+        s, scores = build_scorer(outputs, labels, cfg)
+        return s.arrays(), scores
+
+    reference = None
+    if x_train is not None:
+        reference = ReferenceSet(images=x_train[reference_indices(len(x_train), cfg)], fit=fit)
     return {"model": embedder_of(classifier, cfg.l2), "rebuild": rebuild_embedder(cfg, input_shape, classifier),
             "scoring": scorer.to_dict(), "arrays": scorer.arrays(), "calibrate": calibrate,
             "calibration": calibration_from_reference(ref_scores, cfg.contamination),
-            "family": FAMILY, "model_params": cfg.model_params()}
+            "family": FAMILY, "model_params": cfg.model_params(), "reference": reference}
 
 
 def fit_metric(
@@ -254,8 +276,7 @@ def fit_metric(
     model, history = train_embedder(x, y, n_classes, cfg, x_val if len(x_val) else None, yv, callbacks, verbose)
     train_s = time.time() - t0
     model.save(run_dir / "model.keras")
-    rng = np.random.default_rng(cfg.seed)
-    keep = np.sort(rng.permutation(len(x_train))[: cfg.max_reference])
+    keep = reference_indices(len(x_train), cfg)
     ref_labels = np.asarray(y_train)[keep] if multi else None
     save_reference(run_dir, embed(model, x_train[keep], cfg.l2), ref_labels)
     scorer, ref_scores = build_scorer(*load_reference(run_dir), cfg)
@@ -373,8 +394,9 @@ def load_run(run_dir: Path) -> Tuple[Any, MetricConfig, Tuple[int, int, int]]:
 
 
 def register_custom_layers() -> None:
-    """Loading a metric model.keras needs its custom L2 layer class registered first."""
-    from . import metric_models
+    """Loading a metric model.keras needs the project's layer classes registered first: the L2
+    layer, and training.layers.BatchNorm, which a saved model may name."""
+    from . import layers, metric_models  # noqa: F401 - importing layers registers BatchNorm
 
     metric_models._l2_layer("probe")
 

@@ -46,15 +46,12 @@ def _cnn(x: Any, width: int, head: str) -> Any:
     (``head="gap"``) or flatten (``"flatten"``: keeps where things are, RESHAPE in TFLite)."""
     from keras import layers
 
-    from .layers import BN_MOMENTUM
+    from .layers import BN_MOMENTUM, BatchNorm
 
     for i, w in enumerate((width, width * 2, width * 4)):
         for j in range(2):
             x = layers.Conv2D(w, 3, padding="same", use_bias=False, name=f"conv{i}_{j}")(x)
-            # Keras' batch norm, not training.layers.BatchNorm: trained with the fused kernel, this
-            # embedder lost 0.008-0.017 AUROC in int8 in 3 of 3 seeds, against <= 0.003 with this
-            # one (docs/BENCHMARKS.md, "Training time (bar: ...)"); chance or cause is not settled.
-            x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"bn{i}_{j}")(x)
+            x = BatchNorm(momentum=BN_MOMENTUM, name=f"bn{i}_{j}")(x)
             x = layers.ReLU(name=f"relu{i}_{j}")(x)
         x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
     if head == "flatten":
