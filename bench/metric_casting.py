@@ -21,7 +21,7 @@ import common
 import numpy as np
 from metric_mnist import auroc
 
-from edge_detect.neighbors import fit_scorer
+from edge_detect.neighbors import KNNScorer
 from edge_detect.preprocess import Preprocess
 
 
@@ -92,7 +92,6 @@ def main() -> None:
     from edge_detect.detector import Detector
 
     rows = []
-    ref, _ = metric.load_reference(run)
     for variant in ("float32", "int8"):
         det = Detector(bundle, variant=variant, num_threads=1)
         s, _, emb = det.infer(x_test)
@@ -100,7 +99,8 @@ def main() -> None:
         rows.append({"aux": args.aux, "size": args.size, "variant": variant, "scorer": "lof (bundle)",
                      "auroc": auroc(neg, pos), "tpr@tnr95": tpr_at_tnr(neg, pos),
                      "tnr@thr": float((neg <= det.threshold).mean()), "tpr@thr": float((pos > det.threshold).mean())})
-        knn, _ = fit_scorer("knn", ref, k=5, normalize=True, scale=cfg.alpha)
+        # kNN over the same references the bundle's LOF uses: this variant's own embeddings.
+        knn = KNNScorer(k=5, reference=det.scorer.reference, normalize=det.scorer.normalize, scale=det.scorer.scale)
         s2 = knn(None, emb)[0]
         rows.append({"aux": args.aux, "size": args.size, "variant": variant, "scorer": "knn k=5",
                      "auroc": auroc(s2[y_test == 0], s2[y_test == 1]),
