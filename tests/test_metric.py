@@ -115,6 +115,9 @@ def test_each_variant_scores_against_references_it_embedded_itself(trained):
     assert own["float32"]["reference"] == "reference" and own["int8"]["reference"] == "reference_int8"
     assert own["int8_io"] == own["int8"]  # same outputs, one stored copy
     assert own["int8"]["reference_labels"] == "reference_labels"  # identical arrays are not duplicated
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = Path(__file__).resolve().parents[1] / "edge_detect/schemas/manifest.schema.json"
+    jsonschema.Draft202012Validator(json.loads(schema.read_text())).validate(b.manifest)
     info, cfg = trained["info"], metric.load_run(trained["run"])[1]
     det = Detector(trained["bundle"], variant="int8")
     x_train = rebuild_splits(info["dataset"], det.preprocess).x_train
