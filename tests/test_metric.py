@@ -279,3 +279,58 @@ def test_mobilenet_backbone_builds_and_rebuilds_at_batch_1():
     np.testing.assert_allclose(np.asarray(e(x)), np.asarray(embedder_of(m)(x)), atol=1e-5)
     with pytest.raises(ValueError, match="32x32"):
         build_model((16, 16, 1), 2, backbone="mobilenetv2-0.5")
+
+
+def test_imagenet_weights_option_errors_are_one_line(monkeypatch, tmp_path):
+    """--weights imagenet: a CNN backbone is refused, and a failed download is one line, not a traceback."""
+    from keras.src.utils import file_utils
+
+    from training.cli import main as train_main
+
+    def offline(*args, **kwargs):  # what Keras raises without a network (tests never reach one)
+        raise Exception("URL fetch failure on https://storage.googleapis.com/x.h5: None -- [Errno -2] "
+                        "Name or service not known")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    _write_dataset(tmp_path / "data", np.random.default_rng(4))
+    args = ["fit", str(tmp_path / "data"), "--model", "metric", "--input-size", "32", "--epochs", "1",
+            "--weights", "imagenet", "--quiet", "--out", str(tmp_path / "run")]
+    for backbone, msg in (("cnn", "--weights imagenet needs a MobileNetV2 --backbone, got 'cnn'"),
+                          ("mobilenetv2-0.35", "could not fetch MobileNetV2's ImageNet weights (URL fetch failure")):
+        res = CliRunner().invoke(train_main, [*args, "--backbone", backbone])
+        assert res.exit_code == 2, res.output
+        assert msg in res.output and "Traceback" not in res.output
+        assert len(res.output.strip().splitlines()) <= 2
+
+
+def test_mobilenet_keeps_the_given_weights_and_trains_its_batch_norms_fused(monkeypatch, tmp_path):
+    import keras
+
+    from training import metric
+    from training.layers import BN_MOMENTUM, BatchNorm
+    from training.metric_models import build_model
+
+    made = {}
+    original = keras.applications.MobileNetV2
+
+    def pretrained(*args, **kwargs):  # stands in for downloaded ImageNet weights
+        base = original(*args, **{**kwargs, "weights": None})
+        rng = np.random.default_rng(3)
+        base.set_weights([rng.normal(size=w.shape).astype(w.dtype) if w.ndim > 1 else np.abs(w) + 0.5
+                          for w in base.get_weights()])
+        made["weights"] = base.get_weights()
+        return base
+
+    monkeypatch.setattr(keras.applications, "MobileNetV2", pretrained)
+    m = build_model((32, 32, 1), 2, backbone="mobilenetv2-0.35", embed_dim=8)
+    net = next(layer for layer in m.layers if isinstance(layer, keras.Model))
+    for got, want in zip(net.get_weights(), made["weights"], strict=True):
+        np.testing.assert_array_equal(got, want)
+    bns = [layer for layer in net.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(bns) == 52 and all(isinstance(b, BatchNorm) and b.momentum == BN_MOMENTUM for b in bns)
+    # A saved model loads back through the run loader's registration.
+    m.save(tmp_path / "m.keras")
+    metric.register_custom_layers()
+    back = keras.models.load_model(tmp_path / "m.keras", compile=False)
+    x = np.random.default_rng(0).random((2, 32, 32, 1), dtype=np.float32)
+    np.testing.assert_allclose(np.asarray(back(x)), np.asarray(m(x)), rtol=1e-5, atol=1e-6)

@@ -122,7 +122,9 @@ def _fit_metric(spec: Dict[str, Any], cfg: Any, out_dir: Path, opts: Dict[str, A
     for folder in aux:
         if not Path(folder).is_dir():
             raise UserError(f"--aux folder not found: {folder}")
-    mcfg = metric.MetricConfig(backbone=opts["backbone"], embed_dim=opts["embed_dim"], alpha=opts["alpha"],
+    weights = None if opts.get("weights", "none") == "none" else opts["weights"]
+    mcfg = metric.MetricConfig(backbone=opts["backbone"], weights=weights, embed_dim=opts["embed_dim"],
+                               alpha=opts["alpha"],
                                head=opts["head"],
                                scorer=metric.resolve_scorer(opts["scorer"], bool(aux or opts["synthetic_aux"])),
                                contamination=opts["contamination"],
@@ -178,6 +180,8 @@ def fit_family(family: str, spec: Dict[str, Any], cfg: Any, out_dir: Path, opts:
               help="Training loss (default: mae; ssim_l1 for dilated).")
 @click.option("--patience", type=click.IntRange(0), default=0, help="Early stopping patience, epochs (0: off).")
 @click.option("--backbone", default="cnn", show_default=True, help="metric: cnn, mobilenetv2-0.35, mobilenetv2-0.5.")
+@click.option("--weights", type=click.Choice(["none", "imagenet"]), default="none", show_default=True,
+              help="metric, MobileNetV2: start from ImageNet weights (Keras downloads them once; needs internet).")
 @click.option("--alpha", type=float, default=4.0, show_default=True,
               help="metric: L2-softmax scale (4 measured best, docs/BENCHMARKS.md).")
 @click.option("--embed-dim", type=click.IntRange(2, 1024), default=64, show_default=True,

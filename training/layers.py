@@ -22,8 +22,8 @@ class BatchNorm(layers.BatchNormalization):
     Keras 3 builds batch norm from moments and element-wise ops, each a pass over the activations
     forward and back. At 128x128 px that was 30 % of an autoencoder's training step
     (``bench/train_speed.py --bn keras --bn fused``). The weights, the moving statistics and the
-    inference path (what is evaluated and exported) are those of BatchNormalization. The
-    autoencoders and the small metric CNN use it; MobileNetV2 keeps Keras' own layers.
+    inference path (what is evaluated and exported) are those of BatchNormalization. Every model
+    family uses it; MobileNetV2 has its own batch norms swapped for it (training/metric_models.py).
     """
 
     # Off: every call takes the Keras path (the benchmark's comparison row).

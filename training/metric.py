@@ -64,6 +64,10 @@ class MetricConfig:
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise ValueError(f"--backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.weights not in (None, "imagenet"):
+            raise ValueError(f"--weights must be none or imagenet, got {self.weights!r}")
+        if self.weights and not self.backbone.startswith("mobilenetv2"):
+            raise ValueError(f"--weights imagenet needs a MobileNetV2 --backbone, got {self.backbone!r}")
         if self.scorer not in ("lof", "knn"):
             raise ValueError(f"--scorer must be lof or knn, got {self.scorer!r}")
         if not 0.0 < self.contamination <= 0.5:
