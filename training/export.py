@@ -510,7 +510,7 @@ def variant_references(
         own, ref_scores[v] = ref.fit(outputs, v)
         names: Dict[str, str] = {}
         for role, arr in own.items():
-            same = [n for n in stored.get(role, []) if arrays[n].shape == arr.shape and np.array_equal(arrays[n], arr)]
+            same = [n for n in stored.get(role, []) if np.array_equal(arrays[n], arr)]
             names[role] = same[0] if same else (role if v == "float32" else f"{role}_{v}")
             if not same:
                 arrays[names[role]] = arr
@@ -519,7 +519,6 @@ def variant_references(
         echo(f"references {v:<8} {len(outputs)} images embedded by this variant")
     if "int8_edgetpu" in variants and "int8_io" in variants:
         variants["int8_edgetpu"]["arrays"] = dict(variants["int8_io"]["arrays"])
-        ref_scores["int8_edgetpu"] = ref_scores["int8_io"]
     return arrays, ref_scores
 
 
