@@ -145,6 +145,7 @@ def test_export_refuses_references_when_the_training_images_changed(trained):
     fit = parts["reference"].fit
     arrays, scores = fit(emb, "float32")
     assert arrays["reference"].shape == emb.shape and scores.shape == (n,)
+    np.testing.assert_array_equal(arrays["reference"], parts["arrays"]["reference"])  # fit's, not refitted
     fit(emb + 0.5, "int8")  # other variants differ from the float embeddings by design
     with pytest.raises(ExportError, match="the data changed since edge-train fit"):
         fit(emb + 0.5, "float32")

@@ -237,6 +237,8 @@ def export_parts(run_dir: Path, classifier: Any, cfg: MetricConfig, input_shape:
                                      > 1e-3 * max(1.0, float(np.max(np.abs(emb))))):
             raise ExportError(f"{run_dir}: the training images no longer give the embeddings in "
                               f"{REFERENCE_FILE} (the data changed since edge-train fit)")
+        if variant == "float32":  # the same references as fit's, and a LOF fit over them is not cheap
+            return scorer.arrays(), ref_scores
         s, scores = build_scorer(outputs, labels, cfg)
         return s.arrays(), scores
 
