@@ -248,3 +248,28 @@ def test_fleet_bench_delivers_everything(mosquitto, tmp_path: Path) -> None:
     assert 12 <= row["offered_ev_s"] * 1.5 <= 16
     assert row["lost"] == 0 and row["dups"] == 0
     assert 0 < row["p50_ms"] <= row["p99_ms"] < 5000
+
+
+# -- training analyses on tiny runs (the real runs need ../shared/data) ---------------------------
+
+
+def test_score_tails_bench_on_a_tiny_autoencoder_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import score_tails
+    from click.testing import CliRunner
+    from conftest import write_idx
+
+    from training.cli import main as train_main
+
+    data, run = write_idx(tmp_path / "idx", n_train=120, n_test=40), tmp_path / "run"
+    res = CliRunner().invoke(train_main, ["fit", str(data), "--normal-classes", "1", "--model", "plain",
+                                          "--input-size", "16", "--epochs", "2", "--out", str(run), "--quiet"])
+    assert res.exit_code == 0, res.output
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(sys, "argv", ["score_tails.py", str(run), "--knn", "1", "--shift", "1"])
+    score_tails.main()
+    rows = {r["score"]: r for r in _result(tmp_path / "results", "score_tails")["rows"]}
+    assert {"kNN 1, latent code", "min MSE over +-1 px shifts", "mean MSE over +-1 px shifts"} <= set(rows)
+    # The identity row is the run's own score (MSE) on the run's own split: the same ranking.
+    metrics = json.loads((run / "run.json").read_text())["metrics"]
+    assert rows["mse"]["auroc"] == pytest.approx(metrics["auroc"], abs=1e-9)
+    assert all(0.0 <= r["val_tnr"] <= 1.0 for r in rows.values())

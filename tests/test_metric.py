@@ -151,6 +151,25 @@ def test_export_refuses_references_when_the_training_images_changed(trained):
         fit(emb + 0.5, "float32")
 
 
+def test_reference_size_bench_reproduces_the_run_and_shrinks(trained, tmp_path, monkeypatch):
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    monkeypatch.syspath_prepend(str(bench))
+    import common
+    import reference_size
+
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["reference_size.py", str(trained["run"]), "--sizes", "0,24"])
+    reference_size.main()
+    (doc,) = [json.loads(p.read_text()) for p in tmp_path.glob("reference_size-*.json")]
+    full, small = doc["rows"]
+    assert full["references"] == trained["info"]["data_summary"]["counts"]["train"] and small["references"] == 24
+    # All references, Keras float32 embeddings: the run's own evaluation.
+    assert full["auroc"] == pytest.approx(trained["info"]["metrics"]["auroc"], abs=1e-9)
+    assert 0.0 <= small["auroc"] <= 1.0
+
+
 def test_evaluate_metric_run_through_its_bundle(trained):
     from training.cli import main as train_main
 
