@@ -124,8 +124,7 @@ def _fit_metric(spec: Dict[str, Any], cfg: Any, out_dir: Path, opts: Dict[str, A
             raise UserError(f"--aux folder not found: {folder}")
     weights = None if opts.get("weights", "none") == "none" else opts["weights"]
     mcfg = metric.MetricConfig(backbone=opts["backbone"], weights=weights, embed_dim=opts["embed_dim"],
-                               alpha=opts["alpha"],
-                               head=opts["head"],
+                               alpha=opts["alpha"], head=opts["head"],
                                scorer=metric.resolve_scorer(opts["scorer"], bool(aux or opts["synthetic_aux"])),
                                contamination=opts["contamination"],
                                reference_size=opts["reference_size"], reduce=opts["reduce"],

@@ -232,13 +232,13 @@ def export_parts(run_dir: Path, classifier: Any, cfg: MetricConfig, input_shape:
 
     def fit(outputs: np.ndarray, variant: str) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
         outputs = outputs.reshape(len(outputs), -1)
-        # float32 must reproduce what fit embedded; if not, the images are not the same ones.
-        if variant == "float32" and (outputs.shape != emb.shape or np.max(np.abs(outputs - emb))
-                                     > 1e-3 * max(1.0, float(np.max(np.abs(emb))))):
-            raise ExportError(f"{run_dir}: the training images no longer give the embeddings in "
-                              f"{REFERENCE_FILE} (the data changed since edge-train fit)")
-        if variant == "float32":  # the same references as fit's, and a LOF fit over them is not cheap
-            return scorer.arrays(), ref_scores
+        if variant == "float32":
+            # float32 must reproduce what fit embedded; if not, the images are not the same ones.
+            tol = 1e-3 * max(1.0, float(np.max(np.abs(emb))))
+            if outputs.shape != emb.shape or np.max(np.abs(outputs - emb)) > tol:
+                raise ExportError(f"{run_dir}: the training images no longer give the embeddings in "
+                                  f"{REFERENCE_FILE} (the data changed since edge-train fit)")
+            return scorer.arrays(), ref_scores  # fit's references; a second LOF fit over them is not cheap
         s, scores = build_scorer(outputs, labels, cfg)
         return s.arrays(), scores
 
