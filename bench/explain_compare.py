@@ -11,7 +11,7 @@ objects come from the other dataset. 64x64 gray.
   int8 TFLite through LiteRT (what the device would run); the Keras float model's numbers too.
 
 Usage: python bench/explain_compare.py [--data DIR] [--datasets casting,brickwork] [--n-test 12]
-       [--per-image-epochs 150] [--one-pass-epochs 20] [--one-pass-per-epoch 512]
+       [--n-train N] [--n-val 40] [--per-image-epochs 150] [--one-pass-epochs 20] [--one-pass-per-epoch 512]
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def run(name: str, base: Path, a: argparse.Namespace) -> dict:
 
     nf, ff, n_tr = DATASETS[name]
     pre = Preprocess(size=(64, 64), color="gray")
-    tr, va, te = common.split_files(base / nf, [n_tr, 40, a.n_test], a.seed)
+    tr, va, te = common.split_files(base / nf, [a.n_train or n_tr, a.n_val, a.n_test], a.seed)
     x_tr, x_va, x_te = pre.batch(tr), pre.batch(va), pre.batch(te)
     foreign = load_foreign(base / ff, limit=64, seed=a.seed)
     test = synthesize(x_te, a.n_test, seed=a.seed + 7, foreign=foreign)
@@ -92,6 +92,8 @@ def main() -> int:
     ap.add_argument("--data", default=None)
     ap.add_argument("--datasets", default="casting,brickwork")
     ap.add_argument("--n-test", type=int, default=12)
+    ap.add_argument("--n-train", type=int, default=0, help="normal training images; 0: the dataset's (600 or 300)")
+    ap.add_argument("--n-val", type=int, default=40, help="normal validation images (the metric embedder's)")
     ap.add_argument("--per-image-epochs", type=int, default=150)
     ap.add_argument("--beta", type=float, default=60.0)
     ap.add_argument("--one-pass-epochs", type=int, default=20)

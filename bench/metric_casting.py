@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import common
 import numpy as np
@@ -33,7 +33,7 @@ def tpr_at_tnr(neg: np.ndarray, pos: np.ndarray, tnr: float = 0.95) -> float:
     return float((pos > np.quantile(neg, tnr)).mean())
 
 
-def main() -> None:
+def main(argv: Optional[List[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", help="shared data folder (default ../shared/data)")
     ap.add_argument("--aux", default="brickwork", choices=("brickwork", "synthetic", "both"))
@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=str(common.RESULTS_DIR / "metric_casting"))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     data = common.data_dir(args.data)
     pp = Preprocess(size=(args.size, args.size), color="gray", resize="area")
     t0 = time.time()

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import common
 import numpy as np
@@ -55,13 +55,6 @@ def load(data: Path) -> Dict[str, np.ndarray]:
 def to_input(pp: Preprocess, x: np.ndarray) -> np.ndarray:
     """uint8 (N, 28, 28) to model inputs, exactly as Preprocess.to_array does per image."""
     return x[..., None].astype(np.float32) * np.float32(pp.scale) + np.float32(pp.offset)
-
-
-def sample(n_rows: int, n: int, seed: int) -> np.ndarray:
-    """Sorted indices of a random sample of n rows (the reference set); classes come in proportion."""
-    if n >= n_rows:
-        return np.arange(n_rows)
-    return np.sort(np.random.default_rng(seed).permutation(n_rows)[:n])
 
 
 def train(args: argparse.Namespace, d: Dict[str, np.ndarray], pp: Preprocess, run: Path) -> Tuple[Any, Any]:
@@ -104,7 +97,8 @@ def train(args: argparse.Namespace, d: Dict[str, np.ndarray], pp: Preprocess, ru
         hist["train_seconds"] = time.time() - t0
         run.mkdir(parents=True, exist_ok=True)
         model.save(model_path)
-        ref = tr[sample(len(tr), args.max_reference, args.seed)]
+        # The rows export re-embeds (main's x_train keeps file order) and checks float32 against.
+        ref = np.sort(tr)[metric.reference_indices(len(tr), cfg)]
         metric.save_reference(run, metric.embed(model, x[ref]), d["y_train"][ref])
         metric.write_run_config(run, cfg, {"history": hist, "val_index": val.tolist()})
     return model, cfg
@@ -151,7 +145,7 @@ def rates(s_mnist: np.ndarray, s_fashion: np.ndarray, thr: float) -> Dict[str, f
 
 auroc = common.auroc_split
 
-def main() -> None:
+def main(argv: Optional[List[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", help="shared data folder (default ../shared/data)")
     ap.add_argument("--work", default=str(common.RESULTS_DIR / "metric_mnist"), help="run dir and bundles")
@@ -171,13 +165,15 @@ def main() -> None:
     ap.add_argument("--syn-scale", type=float, default=1.0, help="synthetic anomaly size (1: 2-12%% of the area)")
     ap.add_argument("--reference-size", type=int, help="the bundle's reduced reference set (default: all)")
     ap.add_argument("--reduce", default="kmeans", choices=("kmeans", "coreset"))
+    ap.add_argument("--reduce-sizes", default="4096,1024,256",
+                    help="reduced reference-set sizes compared with the full one, comma-separated")
     ap.add_argument("--cli-all", action="store_true",
                     help="score every test image with the edge-detect score CLI, not just 10")
     ap.add_argument("--aux", help="folders of unrelated pictures, comma-separated, as an 'other' class")
     ap.add_argument("--name", default="metric_mnist", help="result file bench/results/NAME-<date>.json")
     ap.add_argument("--retrain", action="store_true")
     ap.add_argument("--l2", default="host,graph", help="where to normalise, comma-separated")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     data = common.data_dir(args.data)
     d = load(data)
     pp = Preprocess(size=(28, 28), color="gray", resize="bilinear")
@@ -229,7 +225,8 @@ def main() -> None:
     common.print_table(rows)
     results["rows"] = rows
     if "host" in emb_int8:
-        results["reduction"] = reduction(run, cfg, emb_int8, d["y_test"])
+        sizes = [int(n) for n in args.reduce_sizes.split(",")]
+        results["reduction"] = reduction(run, cfg, emb_int8, d["y_test"], sizes)
     results["train_seconds"] = json.loads((run / "run.json").read_text())["history"].get("train_seconds")
     results["data"] = {"mnist_test": len(x_test), "fashion": f"{len(x_fash)} (dev slice of the training set)"}
     print("wrote", common.write_result(args.name, results))
@@ -267,13 +264,14 @@ def spot_check(bundle: Path, d: Dict[str, np.ndarray], s_test: np.ndarray, s_fas
     return res
 
 
-def reduction(run: Path, cfg: Any, emb: Dict[str, np.ndarray], y_test: np.ndarray) -> list:
-    """LOF / kNN on int8 embeddings with the reference set reduced to 256 / 1024 (and full)."""
+def reduction(run: Path, cfg: Any, emb: Dict[str, np.ndarray], y_test: np.ndarray,
+              sizes: Sequence[int] = (4096, 1024, 256)) -> list:
+    """LOF / kNN on int8 embeddings with the reference set reduced to each of sizes (rows; and full)."""
     from training import metric
 
     ref, labels = metric.load_reference(run)
     rows = []
-    for size in (None, 4096, 1024, 256):
+    for size in (None, *sizes):
         for method in (("kmeans", "coreset") if size else ("full",)):
             for kind in ("lof", "knn"):
                 s, _ = fit_scorer(kind, ref, labels, normalize=True, scale=cfg.alpha, reference_size=size,

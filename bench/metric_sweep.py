@@ -6,13 +6,14 @@ MNIST-test-judged-normal / Fashion-judged-abnormal at the bundle's rule (quantil
 held-out normals' scores) and the AUROC. The chosen configuration is then exported to int8 and
 measured through the device path by bench/metric_mnist.py.
 
-    python bench/metric_sweep.py --configs flatten:16:64,gap:16:64 [--epochs 3]
+    python bench/metric_sweep.py --configs flatten:16:64,gap:16:64 [--epochs 3] [--n-val 5000] [--max-reference 20000]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from typing import List, Optional
 
 import common
 import numpy as np
@@ -21,23 +22,25 @@ from metric_mnist import auroc, load, rates, to_input
 from edge_detect.preprocess import Preprocess
 
 
-def main() -> None:
+def main(argv: Optional[List[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data")
     ap.add_argument("--configs", default="flatten:16:64,gap:16:64", help="head:alpha:embed_dim,...")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-val", type=int, default=5000, help="training digits held out for the threshold")
+    ap.add_argument("--max-reference", type=int, default=20000, help="training embeddings in the LOF reference")
     ap.add_argument("--name", default="metric_sweep", help="result file bench/results/NAME-<date>.json")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     from training import metric
 
     d = load(common.data_dir(args.data))
     pp = Preprocess(size=(28, 28), color="gray")
     x, y = to_input(pp, d["x_train"]), d["y_train"].astype(np.int64)
     perm = np.random.default_rng(args.seed).permutation(len(x))
-    val, tr = perm[:5000], perm[5000:]
-    ref = tr[:20000]
+    val, tr = perm[: args.n_val], perm[args.n_val :]
+    ref = tr[: args.max_reference]
     x_test, x_fash = to_input(pp, d["x_test"]), to_input(pp, d["x_fashion"])
     rows = []
     for c in args.configs.split(","):

@@ -10,7 +10,7 @@ JSON (built by edge_detect.events, about 600 bytes) until every PUBACK arrived:
 
 Also reports the ms the daemon thread spends in ``publish_event`` (the outbox write) per event.
 
-    python bench/mqtt_throughput.py [--events 2000] [--replay 5000] [--inflight 20] [--dir DIR]
+    python bench/mqtt_throughput.py [--events 2000] [--replay 5000] [--inflight 20] [--dir DIR] [--out DIR]
 
 ``--dir`` is where outbox files go (default: bench/results/tmp); put it on the device's real
 disk, since fsync on tmpfs costs nothing.
@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import statistics
 import sys
@@ -30,12 +28,12 @@ import threading
 import time
 from pathlib import Path
 
-import paho.mqtt
 import paho.mqtt.client as mqtt
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the test suite's Mosquitto helper starts the broker
 
+import common  # noqa: E402
 from mosquitto import Mosquitto  # noqa: E402
 
 from edge_detect.events import build_event  # noqa: E402
@@ -134,16 +132,6 @@ def summary(mode: str, n: int, wall_s: float, call_ms: list) -> dict:
     return out
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=int, default=2000, help="events per throughput mode")
@@ -152,6 +140,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per mode; the best is reported")
     ap.add_argument("--dir", type=Path, default=ROOT / "bench" / "results" / "tmp",
                     help="where outbox files go (a real disk)")
+    ap.add_argument("--out", type=Path, help="where the JSON result goes (default bench/results)")
     args = ap.parse_args()
 
     args.dir.mkdir(parents=True, exist_ok=True)
@@ -192,20 +181,12 @@ def main() -> None:
     import subprocess
 
     mosq = subprocess.run([broker.exe, "-h"], capture_output=True, text=True).stdout.splitlines()[:1]
-    result = {
-        "bench": "mqtt_throughput",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
-        "versions": {"python": platform.python_version(), "paho-mqtt": paho.mqtt.__version__,
-                     "sqlite": sqlite3.sqlite_version, "mosquitto": mosq[0] if mosq else "?"},
+    print(common.write_result("mqtt_throughput", {
+        "versions": {"sqlite": sqlite3.sqlite_version, "mosquitto": mosq[0] if mosq else "?"},
         "args": {"events": args.events, "replay": args.replay, "inflight": args.inflight, "repeat": args.repeat,
                  "dir": str(args.dir)},
         "rows": rows,
-    }
-    out = ROOT / "bench" / "results" / f"mqtt_throughput-{time.strftime('%Y-%m-%d', time.gmtime())}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    }, out_dir=args.out))
 
 
 if __name__ == "__main__":

@@ -115,6 +115,50 @@ def write_idx(root, n_train: int = 60, n_test: int = 30, size: int = 16, seed: i
     return root
 
 
+def write_shared_data(root, n_images: int = 24, n_digits: int = 120, seed: int = 0):
+    """A tiny stand-in for ../shared/data, with its folder and file names, for the bench smoke tests.
+
+    mnist/ (28x28 IDX, labels 1, 0, 7), fashion-mnist-dev/ (28x28 IDX of filled blocks),
+    casting/train/{ok_front,def_front} (64x64 gray JPEGs; defects carry a bright square) and
+    brickwork-cracks/{Negative,Positive} (64x64 RGB JPEGs). n_images per image folder.
+    """
+    import gzip
+    import struct
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    write_idx(root / "mnist", n_train=n_digits, n_test=n_digits // 2, size=28, seed=seed)
+    fashion = root / "fashion-mnist-dev"
+    fashion.mkdir(parents=True, exist_ok=True)
+    blocks = np.zeros((n_digits // 2, 28, 28), np.uint8)
+    for b in blocks:
+        y, x = rng.integers(2, 12, 2)
+        b[y : y + 14, x : x + 14] = rng.integers(120, 255)
+    with gzip.open(fashion / "images-idx3-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">HBB3I", 0, 8, 3, len(blocks), 28, 28) + blocks.tobytes())
+    with gzip.open(fashion / "labels-idx1-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">HBBI", 0, 8, 1, len(blocks)) + bytes(len(blocks)))
+    folders = {"casting/train/ok_front": lambda: _normal_image(rng, 64),
+               "casting/train/def_front": lambda: _defect_image(rng, 64)[0],
+               "brickwork-cracks/Negative": lambda: np.stack([_normal_image(rng, 64)] * 3, -1)[:, ::-1],
+               "brickwork-cracks/Positive": lambda: np.stack([_defect_image(rng, 64)[0]] * 3, -1)[:, ::-1]}
+    for sub, make in folders.items():
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        for i in range(n_images):
+            Image.fromarray(np.ascontiguousarray(make())).save(root / sub / f"{i:05d}.jpeg", quality=95)
+    return root
+
+
+@_pytest.fixture(scope="session")
+def shared_data_tiny(tmp_path_factory):
+    """A tiny generated tree with ../shared/data's layout; see write_shared_data. Treat it as read-only."""
+    return write_shared_data(tmp_path_factory.mktemp("shared") / "data")
+
+
 @_pytest.fixture
 def mvtec_dir(tmp_path):
     """A tiny MVTec-layout folder (32x32 gray PNGs, one truncated PNG and one text file among the normals)."""
