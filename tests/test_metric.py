@@ -85,7 +85,13 @@ def test_training_separates_classes_and_calibrates(trained):
     assert cal["method"] == "contamination" and cal["threshold"] > 0
     # The run's own float evaluation (training's metrics code): odd images vs the test shapes.
     assert info["metrics"]["auroc"] > 0.8
-    assert (Path(trained["run"]) / "report" / "metrics.json").is_file()
+    report = Path(trained["run"]) / "report"
+    assert (report / "metrics.json").is_file()
+    # No pixel maps: the grids show the worst normals and hidden anomalies themselves, one panel per tile.
+    for name in ("worst_normals.png", "hidden_anomalies.png"):
+        with Image.open(report / name) as im:
+            h = info["input_shape"][0]
+            assert im.size[1] % (h + 12 + 6) == 0 and im.size[1] % (2 * h + 12 + 6) != 0
 
 
 def test_bundle_carries_reference_and_int8_embedder(trained):

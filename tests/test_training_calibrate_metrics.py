@@ -135,3 +135,8 @@ def test_report_folder(tmp_path):
         with Image.open(out / name) as im:
             im.load()  # decodes: a real PNG, not an empty or truncated file
             assert im.format == "PNG" and im.size[0] > 50
+    # Without pixel maps (metric embedders) the grids still come, as the images alone: one panel a tile.
+    bare = write_report(tmp_path / "bare", metrics, rng.random(10), scores, splits, 1.0)
+    for name in ("worst_normals.png", "hidden_anomalies.png"):
+        with Image.open(out / name) as full, Image.open(bare / name) as im:
+            assert im.size == (full.size[0], 16 + 12 + 6) and full.size[1] == 2 * 16 + 12 + 6

@@ -380,7 +380,8 @@ def fit_run(spec: Dict[str, Any], fit_cfg: Any, cfg: MetricConfig, out_dir: Path
         "tools": tool_versions(),
     }
     write_run_json(out_dir, info)
-    write_report(out_dir / "report", metrics, res["val_scores"], test_scores, splits, calibration["threshold"])
+    write_report(out_dir / "report", metrics, res["val_scores"], test_scores, splits, calibration["threshold"],
+                 pre=pre)
     return info
 
 

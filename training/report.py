@@ -3,7 +3,8 @@
 - ``histogram.png``: normal vs anomalous scores with the threshold line
 - ``roc.png``: the ROC curve with its AUROC
 - ``worst_normals.png`` / ``hidden_anomalies.png``: the highest-scored normals and the
-  lowest-scored anomalies, each over its heatmap overlay
+  lowest-scored anomalies, each over its heatmap overlay (models without pixel maps, such as the
+  metric embedders: the images alone, captioned with their scores)
 """
 
 from __future__ import annotations
@@ -67,14 +68,14 @@ def roc_plot(scores: np.ndarray, labels: np.ndarray, out: Path, auroc: Optional[
     return out
 
 
-def heatmap_grid(xs: np.ndarray, maps: np.ndarray, threshold: float, captions: Sequence[str],
+def heatmap_grid(xs: np.ndarray, maps: Optional[np.ndarray], threshold: float, captions: Sequence[str],
                  out: Union[str, Path], pre: Optional[Preprocess] = None, cols: int = 8,
                  masks: Optional[np.ndarray] = None) -> Path:
     """A report grid PNG: per image its input over its heatmap overlay (with region boxes), captioned.
 
     For the evaluation report's worst-scored normals / best-hidden anomalies. xs (N, H, W, C) model
-    inputs, maps (N, H, W) pixel maps, threshold in map units; masks (N, H, W) outline ground truth
-    in green where given.
+    inputs, maps (N, H, W) pixel maps or None (tiles of the inputs alone), threshold in map units;
+    masks (N, H, W) outline ground truth in green where given (on the overlay, or on the input).
     """
     from PIL import Image, ImageDraw
 
@@ -86,23 +87,28 @@ def heatmap_grid(xs: np.ndarray, maps: np.ndarray, threshold: float, captions: S
         raise ValueError("no images for the heatmap grid")
     h, w = xs.shape[1:3]
     cap = 12  # px of caption under each tile
+    panels = 1 if maps is None else 2  # the input, and its overlay when there is a map
     cols = min(cols, n)
     rows = (n + cols - 1) // cols
-    sheet = Image.new("RGB", (cols * (w + 4), rows * (2 * h + cap + 6)), (255, 255, 255))
+    sheet = Image.new("RGB", (cols * (w + 4), rows * (panels * h + cap + 6)), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     for i in range(n):
         img = to_uint8_image(xs[i], pre.scale, pre.offset)
-        ov = draw_boxes(overlay(img, maps[i], threshold), regions(maps[i], threshold))
+        if maps is None:
+            ov = np.stack([img] * 3, axis=-1) if img.ndim == 2 else img.copy()
+        else:
+            ov = draw_boxes(overlay(img, maps[i], threshold), regions(maps[i], threshold))
         if masks is not None and masks[i].any():
             m = masks[i].astype(bool)
             p = np.pad(m, 1, mode="edge")
             inner = p[2:, 1:-1] & p[:-2, 1:-1] & p[1:-1, 2:] & p[1:-1, :-2]
             ov[m & ~inner] = (0, 255, 0)  # the mask's outline
         r, c = divmod(i, cols)
-        x0, y0 = c * (w + 4) + 2, r * (2 * h + cap + 6) + 2
-        sheet.paste(Image.fromarray(img), (x0, y0))
-        sheet.paste(Image.fromarray(ov), (x0, y0 + h))
-        draw.text((x0, y0 + 2 * h), str(captions[i])[: max(4, w // 6)], fill=(0, 0, 0))
+        x0, y0 = c * (w + 4) + 2, r * (panels * h + cap + 6) + 2
+        if maps is not None:
+            sheet.paste(Image.fromarray(img), (x0, y0))
+        sheet.paste(Image.fromarray(ov), (x0, y0 + (panels - 1) * h))
+        draw.text((x0, y0 + panels * h), str(captions[i])[: max(4, w // 6)], fill=(0, 0, 0))
     out = Path(out)
     sheet.save(out)
     return out
@@ -120,9 +126,11 @@ def write_report(out_dir: Path, metrics: Dict[str, Any], val_scores: np.ndarray,
     histogram(np.asarray(val_scores), np.asarray(test_scores), y, threshold, out_dir / "histogram.png")
     if len(test_scores) and y.any() and (~y).any():
         roc_plot(test_scores, y, out_dir / "roc.png", metrics.get("auroc"))
-    if maps is None or not len(test_scores):
+    if not len(test_scores):
         return out_dir
-    pix_thr = float(np.quantile(maps[~y], 0.999)) if (~y).any() else float(np.quantile(maps, 0.99))
+    pix_thr = 0.0
+    if maps is not None:
+        pix_thr = float(np.quantile(maps[~y], 0.999)) if (~y).any() else float(np.quantile(maps, 0.99))
     for name, sel, reverse in (("worst_normals", ~y, True), ("hidden_anomalies", y, False)):
         idx = np.nonzero(sel)[0]
         if not len(idx):
@@ -131,5 +139,6 @@ def write_report(out_dir: Path, metrics: Dict[str, Any], val_scores: np.ndarray,
         idx = (idx[::-1] if reverse else idx)[:GRID_N]
         masks = splits.masks_test[idx] if getattr(splits, "masks_test", None) is not None else None
         caps = [f"{splits.test_kinds[i][:8]} {test_scores[i]:.3g}" for i in idx]
-        heatmap_grid(splits.x_test[idx], maps[idx], pix_thr, caps, out_dir / f"{name}.png", pre, masks=masks)
+        heatmap_grid(splits.x_test[idx], None if maps is None else maps[idx], pix_thr, caps,
+                     out_dir / f"{name}.png", pre, masks=masks)
     return out_dir

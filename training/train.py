@@ -232,7 +232,8 @@ def fit(spec: Dict[str, Any], cfg: FitConfig, out_dir: Path, verbose: int = 1,
     write_run_json(out_dir, info)
     from .report import write_report
 
-    write_report(out_dir / "report", metrics, val_scores, test_scores, splits, calibration["threshold"], test_maps)
+    write_report(out_dir / "report", metrics, val_scores, test_scores, splits, calibration["threshold"], test_maps,
+                 pre)
     return info
 
 
@@ -330,7 +331,7 @@ def evaluate_run(
         scores, maps, _ = det.infer(splits.x_test)
         maps = heatmap_maps(maps, det.bundle.manifest.get("scoring", {}))
         val_scores = det.infer(splits.x_val)[0]
-        threshold = det.threshold
+        threshold, pre = det.threshold, det.preprocess
         where = f"bundle {bundle} variant {det.variant}"
     elif info.get("family") == "metric":
         # A metric run scores embeddings against the reference set that export writes into the bundle.
@@ -342,7 +343,7 @@ def evaluate_run(
         scores, maps = score_keras(run.model, run.scorer, splits.x_test)
         maps = heatmap_maps(maps, run.scorer.to_dict())
         val_scores = score_keras(run.model, run.scorer, splits.x_val)[0]
-        threshold = run.calibration["threshold"]
+        threshold, pre = run.calibration["threshold"], run.preprocess
         where = f"run {run_dir} (Keras float32)"
     metrics = evaluate_scores(splits, scores, maps, threshold)
     metrics["evaluated"] = where
@@ -353,6 +354,6 @@ def evaluate_run(
         from .report import write_report
 
         name = f"report-{det.variant}" if bundle is not None else "report"
-        write_report(Path(run_dir) / name, metrics, val_scores, scores, splits, threshold, maps)
+        write_report(Path(run_dir) / name, metrics, val_scores, scores, splits, threshold, maps, pre)
     return metrics
 
