@@ -177,7 +177,7 @@ def test_cli_error_paths_are_one_line_exit_2(explainer_dir, tmp_path) -> None:
 
 
 def test_heatmap_grid_png(tmp_path) -> None:
-    from training.report import heatmap_grid
+    from training.report import MIN_TILE_PX, heatmap_grid
 
     x = _normals(5)
     maps = np.zeros((5, SIZE, SIZE), np.float32)
@@ -185,7 +185,8 @@ def test_heatmap_grid_png(tmp_path) -> None:
     masks = maps > 0.5
     out = heatmap_grid(x, maps, 0.5, [f"s={i}" for i in range(5)], tmp_path / "grid.png", cols=3, masks=masks)
     img = np.asarray(Image.open(out))
-    assert img.shape == (2 * (2 * SIZE + 12 + 6), 3 * (SIZE + 4), 3)
+    t = SIZE * -(-MIN_TILE_PX // SIZE)  # tiles enlarged by a whole factor to at least MIN_TILE_PX
+    assert img.shape == (2 * (2 * t + 12 + 6), 3 * (t + 4), 3)
     assert (img == (0, 255, 0)).all(axis=2).any()  # mask outlines drawn
     with pytest.raises(ValueError, match="no images"):
         heatmap_grid(x[:0], maps[:0], 0.5, [], tmp_path / "e.png")

@@ -88,9 +88,12 @@ def test_training_separates_classes_and_calibrates(trained):
     report = Path(trained["run"]) / "report"
     assert (report / "metrics.json").is_file()
     # No pixel maps: the grids show the worst normals and hidden anomalies themselves, one panel per tile.
+    from training.report import MIN_TILE_PX
+
+    h = info["input_shape"][0]
+    h *= -(-MIN_TILE_PX // h)  # tiles enlarged by a whole factor to at least MIN_TILE_PX
     for name in ("worst_normals.png", "hidden_anomalies.png"):
         with Image.open(report / name) as im:
-            h = info["input_shape"][0]
             assert im.size[1] % (h + 12 + 6) == 0 and im.size[1] % (2 * h + 12 + 6) != 0
 
 

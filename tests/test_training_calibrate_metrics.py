@@ -116,7 +116,7 @@ def test_per_kind_metrics():
 
 
 def test_report_folder(tmp_path):
-    from training.report import write_report
+    from training.report import MIN_TILE_PX, write_report
 
     rng = np.random.default_rng(0)
     n = 24
@@ -137,6 +137,7 @@ def test_report_folder(tmp_path):
             assert im.format == "PNG" and im.size[0] > 50
     # Without pixel maps (metric embedders) the grids still come, as the images alone: one panel a tile.
     bare = write_report(tmp_path / "bare", metrics, rng.random(10), scores, splits, 1.0)
+    t = 16 * -(-MIN_TILE_PX // 16)  # 16 px tiles, enlarged to at least MIN_TILE_PX
     for name in ("worst_normals.png", "hidden_anomalies.png"):
         with Image.open(out / name) as full, Image.open(bare / name) as im:
-            assert im.size == (full.size[0], 16 + 12 + 6) and full.size[1] == 2 * 16 + 12 + 6
+            assert im.size == (full.size[0], t + 12 + 6) and full.size[1] == 2 * t + 12 + 6

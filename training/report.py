@@ -20,6 +20,7 @@ from edge_detect.preprocess import Preprocess
 from .metrics import roc_curve
 
 GRID_N = 8  # images per grid
+MIN_TILE_PX = 96  # smaller inputs (MNIST's 28 px) are enlarged by a whole factor, so they and the captions read
 
 
 def _plt():
@@ -85,7 +86,8 @@ def heatmap_grid(xs: np.ndarray, maps: Optional[np.ndarray], threshold: float, c
     n = len(xs)
     if n == 0:
         raise ValueError("no images for the heatmap grid")
-    h, w = xs.shape[1:3]
+    zoom = -(-MIN_TILE_PX // max(xs.shape[1:3]))  # ceil; 1 for inputs of 96 px and more
+    h, w = xs.shape[1] * zoom, xs.shape[2] * zoom
     cap = 12  # px of caption under each tile
     panels = 1 if maps is None else 2  # the input, and its overlay when there is a map
     cols = min(cols, n)
@@ -106,8 +108,8 @@ def heatmap_grid(xs: np.ndarray, maps: Optional[np.ndarray], threshold: float, c
         r, c = divmod(i, cols)
         x0, y0 = c * (w + 4) + 2, r * (panels * h + cap + 6) + 2
         if maps is not None:
-            sheet.paste(Image.fromarray(img), (x0, y0))
-        sheet.paste(Image.fromarray(ov), (x0, y0 + (panels - 1) * h))
+            sheet.paste(Image.fromarray(img).resize((w, h), Image.NEAREST), (x0, y0))
+        sheet.paste(Image.fromarray(ov).resize((w, h), Image.NEAREST), (x0, y0 + (panels - 1) * h))
         draw.text((x0, y0 + panels * h), str(captions[i])[: max(4, w // 6)], fill=(0, 0, 0))
     out = Path(out)
     sheet.save(out)
