@@ -7,7 +7,7 @@ The embedder learns ok_front (normal) against auxiliary "other" images that are 
 def_front is never seen in training. The int8 bundle is exported through training.export and the
 test split is scored through edge_detect.detector.Detector (the path of ``edge-detect score``).
 
-    python bench/metric_casting.py [--data DIR] [--aux brickwork|synthetic] [--size 64] [--epochs 6]
+    python bench/metric_casting.py [--data DIR] [--aux brickwork|synthetic] [--size 64] [--epochs 6] [--scorer lof|knn]
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--embed-dim", type=int, default=32)
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scorer", default="lof", choices=("lof", "knn"),
+                    help="the bundle's scorer (lof: the one this section's tables were measured with)")
     ap.add_argument("--work", default=str(common.RESULTS_DIR / "metric_casting"))
     args = ap.parse_args(argv)
     data = common.data_dir(args.data)
@@ -72,8 +74,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     tag = f"{args.aux}-{args.size}" + ("" if args.head == "gap" else f"-{args.head}")
     run = Path(args.work) / f"run-{tag}"
     cfg = metric.MetricConfig(embed_dim=args.embed_dim, alpha=args.alpha, width=args.width, epochs=args.epochs,
-                              head=args.head,
-                              batch_size=64, seed=args.seed, contamination=0.01)
+                              head=args.head, scorer=args.scorer, batch_size=64, seed=args.seed, contamination=0.01)
     t0 = time.time()
     fit = metric.fit_metric(run, cfg, train, None, val, None, aux, verbose=2)
     train_s = time.time() - t0
@@ -96,7 +97,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         det = Detector(bundle, variant=variant, num_threads=1)
         s, _, emb = det.infer(x_test)
         neg, pos = s[y_test == 0], s[y_test == 1]
-        rows.append({"aux": args.aux, "size": args.size, "variant": variant, "scorer": "lof (bundle)",
+        rows.append({"aux": args.aux, "size": args.size, "variant": variant, "scorer": f"{args.scorer} (bundle)",
                      "auroc": auroc(neg, pos), "tpr@tnr95": tpr_at_tnr(neg, pos),
                      "tnr@thr": float((neg <= det.threshold).mean()), "tpr@thr": float((pos > det.threshold).mean())})
         # kNN over the same references the bundle's LOF uses: this variant's own embeddings.

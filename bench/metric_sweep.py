@@ -46,7 +46,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     for c in args.configs.split(","):
         head, alpha, dim = c.split(":")
         cfg = metric.MetricConfig(head=head, alpha=float(alpha), embed_dim=int(dim), width=args.width,
-                                  epochs=args.epochs, seed=args.seed, class_names=[str(i) for i in range(10)])
+                                  epochs=args.epochs, seed=args.seed, class_names=[str(i) for i in range(10)],
+                                  scorer="lof")  # the sweep compares embeddings under one scorer: LOF's
         t0 = time.time()
         model, hist = metric.train_embedder(x[tr], y[tr], 10, cfg, x[val], y[val], verbose=2)
         secs = time.time() - t0

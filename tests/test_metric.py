@@ -68,7 +68,7 @@ def trained(tmp_path_factory):
     res = CliRunner().invoke(train_main, [
         "fit", str(data), "--model", "metric", "--out", str(run), "--input-size", str(SIZE), "--epochs", "20",
         "--batch-size", "32", "--learning-rate", "0.003", "--alpha", "8", "--embed-dim", "8",
-        "--contamination", "0.05", "--quiet"])
+        "--contamination", "0.05", "--scorer", "lof", "--quiet"])
     assert res.exit_code == 0, res.output
     info = json.loads((run / "run.json").read_text())
     out = tmp_path_factory.mktemp("b") / "bundle"
@@ -276,17 +276,10 @@ def test_single_class_with_synthetic_outlier_exposure_from_the_cli(tmp_path):
     two = json.loads((tmp_path / "two" / "run.json").read_text())
     aux = two["data_summary"]["aux"]
     assert aux["count"] == 12 and aux["synthetic"] == 0 and len(aux["folders"]) == 2
-    assert two["scoring"]["kind"] == "knn"  # --scorer auto: kNN once an "other" class is trained
+    assert two["scoring"]["kind"] == "knn"  # the default scorer
     res = CliRunner().invoke(train_main, [*args, "--out", str(tmp_path / "bad"), "--aux", str(tmp_path / "aux1"),
                                           "--aux", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "--aux folder not found" in res.output and "nope" in res.output
-
-
-def test_scorer_auto_is_knn_with_outlier_exposure_only():
-    from training.metric import resolve_scorer
-
-    assert resolve_scorer("auto", True) == "knn" and resolve_scorer("auto", False) == "lof"
-    assert resolve_scorer("lof", True) == "lof" and resolve_scorer("knn", False) == "knn"
 
 
 def test_config_rejects_bad_values():

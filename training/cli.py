@@ -125,7 +125,7 @@ def _fit_metric(spec: Dict[str, Any], cfg: Any, out_dir: Path, opts: Dict[str, A
     weights = None if opts.get("weights", "none") == "none" else opts["weights"]
     mcfg = metric.MetricConfig(backbone=opts["backbone"], weights=weights, embed_dim=opts["embed_dim"],
                                alpha=opts["alpha"], head=opts["head"],
-                               scorer=metric.resolve_scorer(opts["scorer"], bool(aux or opts["synthetic_aux"])),
+                               scorer=opts["scorer"],
                                contamination=opts["contamination"],
                                reference_size=opts["reference_size"], reduce=opts["reduce"],
                                synthetic_aux=opts["synthetic_aux"], epochs=cfg.epochs,
@@ -191,8 +191,8 @@ def fit_family(family: str, spec: Dict[str, Any], cfg: Any, out_dir: Path, opts:
               help="metric: folder of unrelated images (outlier exposure); repeat for several.")
 @click.option("--synthetic-aux", type=click.FloatRange(0.0, 4.0), default=0.0, show_default=True,
               help="metric: synthetic anomalies per normal training image, added as 'other' (outlier exposure).")
-@click.option("--scorer", type=click.Choice(["auto", "lof", "knn"]), default="auto", show_default=True,
-              help="metric scorer; auto: knn with outlier exposure (--aux/--synthetic-aux), else lof.")
+@click.option("--scorer", type=click.Choice(["knn", "lof"]), default="knn", show_default=True,
+              help="metric: mean distance to the 5 nearest normals (knn), or LOF (n_neighbors 20).")
 @click.option("--contamination", type=float, default=0.01, show_default=True, help="metric: LOF/kNN contamination.")
 @click.option("--reference-size", type=click.IntRange(1), help="metric: reduce the reference set to this many.")
 @click.option("--reduce", type=click.Choice(["kmeans", "coreset"]), default="kmeans", show_default=True)
