@@ -55,6 +55,33 @@ def test_directory_move_processes_each_file_once_in_order(tmp_path):
     assert [f.name for f in again] == ["c.JPG"] and again[0].key == frames[2].key
 
 
+@pytest.mark.parametrize("after", ["move", "delete", "keep"])
+def test_directory_scan_during_done_does_not_hand_a_file_out_twice(tmp_path, monkeypatch, after):
+    """done() runs on the daemon's thread while the camera thread scans and reads: a scan and read
+    in the middle of done() (here: just before the move, unlink or record write) must not hand the
+    file out again."""
+    import edge_detect.capture.directory as directory
+
+    src = _dir_source(tmp_path, after=after, record=str(tmp_path / "cam.processed"))
+    (tmp_path / "in" / "a.jpg").write_bytes(b"1")
+    (f,) = _drain(src)
+    hook = {"move": (directory.shutil, "move"), "delete": (type(tmp_path), "unlink"),
+            "keep": (type(src._record), "add")}[after]
+    real = getattr(*hook)
+
+    inside = []
+
+    def scan_then(*a, **k):
+        src._scan()  # the camera thread's look at the directory, and its read, inside the window
+        inside.append(src.read(0.0))
+        return real(*a, **k)
+
+    monkeypatch.setattr(*hook, scan_then)
+    src.done(f, ok=False)
+    monkeypatch.undo()
+    assert inside == [None] and src.read(0.1) is None
+
+
 def test_directory_waits_for_a_file_to_settle(tmp_path):
     src = _dir_source(tmp_path, settle=0.3)
     f = tmp_path / "in" / "growing.jpg"

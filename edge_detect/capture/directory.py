@@ -241,7 +241,6 @@ class DirectorySource(Source):
 
     def done(self, frame: Frame, ok: bool) -> None:
         name, sig = frame.token
-        self._in_flight.discard(name)
         src = self.dir / name
         try:
             if self.cfg.after == "delete":
@@ -255,6 +254,10 @@ class DirectorySource(Source):
             pass
         except OSError as e:
             raise SourceError(f"cannot {self.cfg.after} {src}: {e.strerror or e}") from None
+        finally:
+            # Only now: done() runs on the daemon's thread while the camera thread scans, and a scan
+            # between this and the move would find the file unclaimed and hand it out a second time.
+            self._in_flight.discard(name)
 
     def close(self) -> None:
         # Files read but not done are listed again on reopen: processing them twice beats losing them.
