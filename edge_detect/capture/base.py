@@ -71,7 +71,8 @@ class Source:
 
         ok: False when the image was rejected (corrupt, a bomb, ...). Sources that consume
         their input (a watched directory) move or delete it only now, so a crash in between
-        processes the frame again rather than losing it.
+        processes the frame again rather than losing it. Called on the daemon's thread while the
+        camera thread may be in ``read``: state both touch must stay consistent at every step.
         """
 
     def close(self) -> None:
