@@ -282,6 +282,14 @@ def test_single_class_with_synthetic_outlier_exposure_from_the_cli(tmp_path):
     assert res.exit_code == 2 and "--aux folder not found" in res.output and "nope" in res.output
 
 
+def test_cli_and_library_share_the_default_scorer():
+    from training import metric
+    from training.cli import fit
+
+    (opt,) = [o for o in fit.params if o.name == "scorer"]
+    assert opt.default == metric.MetricConfig().scorer == "knn"  # with or without outlier exposure
+
+
 def test_config_rejects_bad_values():
     from training import metric
 
