@@ -81,10 +81,19 @@ def write_mvtec(root, size: int = 32, n_train: int = 40, n_test_good: int = 8, n
     return root
 
 
+def write_idx_file(path, arr) -> None:
+    """One gzip IDX file of unsigned bytes: images (N, H, W) or labels (N,), as MNIST ships them."""
+    import gzip
+    from pathlib import Path
+
+    import numpy as np
+
+    header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    Path(path).write_bytes(gzip.compress(header + np.asarray(arr, np.uint8).tobytes()))
+
+
 def write_idx(root, n_train: int = 60, n_test: int = 30, size: int = 16, seed: int = 0):
     """MNIST-style gzip IDX files: label 1 = a vertical bar (normal), labels 0/7 = other shapes."""
-    import gzip
-    import struct
     from pathlib import Path
 
     import numpy as np
@@ -107,11 +116,8 @@ def write_idx(root, n_train: int = 60, n_test: int = 30, size: int = 16, seed: i
 
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         labels = np.array([1 if i % 2 == 0 else (0, 7)[(i // 2) % 2] for i in range(n)], np.uint8)
-        images = np.stack([digit(int(v)) for v in labels])
-        with gzip.open(root / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
-            f.write(struct.pack(">HBB3I", 0, 8, 3, n, size, size) + images.tobytes())
-        with gzip.open(root / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
-            f.write(struct.pack(">HBBI", 0, 8, 1, n) + labels.tobytes())
+        write_idx_file(root / f"{prefix}-images-idx3-ubyte.gz", np.stack([digit(int(v)) for v in labels]))
+        write_idx_file(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return root
 
 
@@ -122,8 +128,6 @@ def write_shared_data(root, n_images: int = 24, n_digits: int = 120, seed: int =
     casting/train/{ok_front,def_front} (64x64 gray JPEGs; defects carry a bright square) and
     brickwork-cracks/{Negative,Positive} (64x64 RGB JPEGs). n_images per image folder.
     """
-    import gzip
-    import struct
     from pathlib import Path
 
     import numpy as np
@@ -138,10 +142,8 @@ def write_shared_data(root, n_images: int = 24, n_digits: int = 120, seed: int =
     for b in blocks:
         y, x = rng.integers(2, 12, 2)
         b[y : y + 14, x : x + 14] = rng.integers(120, 255)
-    with gzip.open(fashion / "images-idx3-ubyte.gz", "wb") as f:
-        f.write(struct.pack(">HBB3I", 0, 8, 3, len(blocks), 28, 28) + blocks.tobytes())
-    with gzip.open(fashion / "labels-idx1-ubyte.gz", "wb") as f:
-        f.write(struct.pack(">HBBI", 0, 8, 1, len(blocks)) + bytes(len(blocks)))
+    write_idx_file(fashion / "images-idx3-ubyte.gz", blocks)
+    write_idx_file(fashion / "labels-idx1-ubyte.gz", np.zeros(len(blocks), np.uint8))
     folders = {"casting/train/ok_front": lambda: _normal_image(rng, 64),
                "casting/train/def_front": lambda: _defect_image(rng, 64)[0],
                "brickwork-cracks/Negative": lambda: np.stack([_normal_image(rng, 64)] * 3, -1)[:, ::-1],

@@ -12,12 +12,11 @@ themselves, so a trained model would add only start-up time and a TensorFlow dep
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import test_bench_smoke as smoke
-from test_bench_smoke import _result, common  # importing it puts bench/ on sys.path
+from test_bench_smoke import _result, common, run_bench  # importing it puts bench/ on sys.path
 
 # Fixtures of another module are visible here only as attributes of this one; pytest registers
 # them under these names, so the bundle does not shadow conftest's tiny_bundle.
@@ -61,12 +60,9 @@ def test_daemon_throughput_bench(smoke_bundle: Path, shared_data_tiny: Path, tmp
 
 def test_mqtt_throughput_bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Bare paho, both outbox modes and the replay after an outage, each until every PUBACK arrived."""
-    import mqtt_throughput
-
     out, work = tmp_path / "results", tmp_path / "work"
-    monkeypatch.setattr(sys, "argv", ["mqtt_throughput.py", "--events", "20", "--replay", "30", "--repeat", "1",
-                                      "--dir", str(work), "--out", str(out)])
-    mqtt_throughput.main()
+    run_bench(monkeypatch, out, "mqtt_throughput", "--events", "20", "--replay", "30", "--repeat", "1",
+              "--dir", work, "--out", out)
     rows = _result(out, "mqtt_throughput")["rows"]
     assert [(r["mode"], r["events"]) for r in rows] == [("paho", 20), ("outbox_full", 20), ("outbox_normal", 20),
                                                         ("replay", 30)]
@@ -79,13 +75,8 @@ def test_mqtt_throughput_bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 def test_cold_start_bench(smoke_bundle: Path, shared_data_tiny: Path, tmp_path: Path,
                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Fresh ``edge-detect score`` processes to a verdict, and the bare import time."""
-    import cold_start
-
     image = sorted(_images(shared_data_tiny).glob("*.jpeg"))[0]
-    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
-    monkeypatch.setattr(sys, "argv", ["cold_start.py", str(smoke_bundle), str(image), "--variant", "float32",
-                                      "--runs", "2"])
-    cold_start.main()
+    run_bench(monkeypatch, tmp_path, "cold_start", smoke_bundle, image, "--variant", "float32", "--runs", "2")
     doc = _result(tmp_path, "cold_start")
     assert doc["cli"][-5:] == ["score", str(smoke_bundle), str(image), "--variant", "float32"]
     assert len(doc["runs_s"]) == 2 and len(doc["import_s"]) == 3  # import runs: max(3, runs // 2)

@@ -6,9 +6,11 @@ JSON under tmp_path; the assertions check the numbers are there and plausible, n
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,6 +27,20 @@ def _result(out: Path, name: str) -> dict:
     assert doc["bench"] == name
     assert doc["machine"]["cores"] >= 1 and doc["machine"]["python"]
     return doc
+
+
+def run_bench(monkeypatch: pytest.MonkeyPatch, out: Path, bench: str, *argv: Any) -> Path:
+    """Run bench/<bench>.py's ``main()`` in-process with ``argv``, its JSON going to ``out``; returns out."""
+    monkeypatch.setattr(common, "RESULTS_DIR", out)
+    # Benches whose main() takes no argv read sys.argv; write_result records it as the command.
+    monkeypatch.setattr(sys, "argv", [f"{bench}.py", *map(str, argv)])
+    assert importlib.import_module(bench).main() in (None, 0)
+    return out
+
+
+def in_unit(*values: Any) -> bool:
+    """Every value is a rate or an AUROC: present and within [0, 1]."""
+    return all(v is not None and 0.0 <= v <= 1.0 for v in values)
 
 
 # -- common ----------------------------------------------------------------------------------------
@@ -208,25 +224,19 @@ def test_quality_metrics_on_known_cases() -> None:
     assert thr == 0.3 and tpr == 1.0
 
 
-def _write_idx(path: Path, arr: np.ndarray) -> None:
-    import gzip
-
-    header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
-    path.write_bytes(gzip.compress(header + arr.astype(np.uint8).tobytes()))
-
-
 def test_quality_mnist_ae_on_generated_idx(tiny_bundle: Path, tmp_path: Path) -> None:
     """The MNIST 1-vs-rest protocol on 12 generated 28x28 'digits'. The bundle's LOGISTIC 'reconstruction'
     sigmoid(x) is far from x for dark pixels (0.5 vs 0) and close for bright ones, so dark 'other digits'
     must all score above the bright 'ones'."""
     import quality
+    from conftest import write_idx_file
 
     rng = np.random.default_rng(0)
     labels = np.array([1] * 6 + [7] * 6)
     imgs = np.where(labels[:, None, None] == 1, rng.integers(200, 255, (12, 28, 28)), rng.integers(0, 30, (12, 28, 28)))
     (tmp_path / "mnist").mkdir()
-    _write_idx(tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz", imgs)
-    _write_idx(tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz", labels)
+    write_idx_file(tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz", imgs)
+    write_idx_file(tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz", labels)
     out = tmp_path / "out"
     assert quality.main(["mnist-ae", str(tiny_bundle), "--data", str(tmp_path), "--out", str(out)]) == 0
     (row,) = _result(out, "quality_mnist_ae")["rows"]
@@ -254,7 +264,6 @@ def test_fleet_bench_delivers_everything(mosquitto, tmp_path: Path) -> None:
 
 
 def test_score_tails_bench_on_a_tiny_autoencoder_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import score_tails
     from click.testing import CliRunner
     from conftest import write_idx
 
@@ -264,10 +273,8 @@ def test_score_tails_bench_on_a_tiny_autoencoder_run(tmp_path: Path, monkeypatch
     res = CliRunner().invoke(train_main, ["fit", str(data), "--normal-classes", "1", "--model", "plain",
                                           "--input-size", "16", "--epochs", "2", "--out", str(run), "--quiet"])
     assert res.exit_code == 0, res.output
-    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path / "results")
-    monkeypatch.setattr(sys, "argv", ["score_tails.py", str(run), "--knn", "1", "--shift", "1"])
-    score_tails.main()
-    rows = {r["score"]: r for r in _result(tmp_path / "results", "score_tails")["rows"]}
+    out = run_bench(monkeypatch, tmp_path / "results", "score_tails", run, "--knn", "1", "--shift", "1")
+    rows = {r["score"]: r for r in _result(out, "score_tails")["rows"]}
     assert {"kNN 1, latent code", "min MSE over +-1 px shifts", "mean MSE over +-1 px shifts"} <= set(rows)
     # The identity row is the run's own score (MSE) on the run's own split: the same ranking.
     metrics = json.loads((run / "run.json").read_text())["metrics"]

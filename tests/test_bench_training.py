@@ -7,38 +7,21 @@ plausible, and, where the tiny data fixes it, the exact answer (a rescored AUROC
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-BENCH = Path(__file__).resolve().parent.parent / "bench"
-sys.path.insert(0, str(BENCH))
-
-import common  # noqa: E402
-from test_bench_smoke import _result  # noqa: E402
+from test_bench_smoke import _result, in_unit, run_bench  # importing it puts bench/ on sys.path
 
 pytestmark = pytest.mark.slow  # every test here trains a model
 TINY_AE = "width=8,depth=2,latent=8"  # model params small enough for 1 epoch in a second or two
 
 
 def _main(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, bench: str, *argv: Any) -> Path:
-    """Run bench/<bench>.py's ``main()`` in-process with ``argv``; returns the folder its JSON goes to."""
-    out = tmp_path / "results"
-    monkeypatch.setattr(common, "RESULTS_DIR", out)
-    # The benches that take no argv read sys.argv; write_result records it as the command.
-    monkeypatch.setattr(sys, "argv", [f"{bench}.py", *map(str, argv)])
-    rc = importlib.import_module(bench).main()
-    assert rc in (None, 0)
-    return out
-
-
-def _in_unit(*values: Any) -> bool:
-    return all(v is not None and 0.0 <= v <= 1.0 for v in values)
+    """Run bench/<bench>.py with ``argv``; returns the folder its JSON goes to."""
+    return run_bench(monkeypatch, tmp_path / "results", bench, *argv)
 
 
 def _check_sweep_rows(rows: list, configs: list) -> None:
@@ -49,7 +32,7 @@ def _check_sweep_rows(rows: list, configs: list) -> None:
     for c in configs:
         assert [r["score"] for r in rows if r["config"] == c][: len(methods)] == methods
     for r in rows:
-        assert _in_unit(r["auroc"], r["tnr"], r["tpr"], r["tpr@tnr95"], r["tpr@tnr99"])
+        assert in_unit(r["auroc"], r["tnr"], r["tpr"], r["tpr@tnr95"], r["tpr@tnr99"])
         assert r["train_s"] >= 0 and r["params"] > 0
 
 
@@ -145,7 +128,7 @@ def test_synthetic_transfer_bench_both_datasets(shared_data_tiny: Path, tmp_path
             # AUROC is threshold-free: one value per test set, whichever threshold the row is about.
             assert len({r["auroc"] for r in mine if r["evaluated_on"] == on}) == 1
         for r in mine:
-            assert _in_unit(r["tnr"], r["tpr"], r["auroc"]) and r["epochs"] == 1 and r["n_calib_real"] >= 1
+            assert in_unit(r["tnr"], r["tpr"], r["auroc"]) and r["epochs"] == 1 and r["n_calib_real"] >= 1
             if r["evaluated_on"] == "real":  # the 24 real defects: held out for calibration, or test
                 assert r["n_calib_real"] + r["n_anomalous"] == 24
             else:
@@ -168,7 +151,7 @@ def test_explain_compare_bench_on_casting(shared_data_tiny: Path, tmp_path: Path
     assert res["one_pass_ms_per_image"] > 0 and res["per_image_s_per_image"] > 0
     assert [r["method"] for r in doc["rows"]] == ["one-pass (int8)", "one-pass (Keras float)", "per-image"]
     for r in doc["rows"]:
-        assert _in_unit(r["pixel_auroc"], r["pro@0.3"])  # the synthetic masks always hold a region
+        assert in_unit(r["pixel_auroc"], r["pro@0.3"])  # the synthetic masks always hold a region
     assert (next(tmp_path.glob("explain-casting-*")) / "explainer").is_dir()
 
 
@@ -223,7 +206,7 @@ def test_export_parity_bench(dataset: str, counts: tuple, shared_data_tiny: Path
     assert (doc["train"], doc["val"], doc["test"]) == counts
     manifest = json.loads((bundle / "manifest.json").read_text())
     for v in ("float32", "int8"):
-        assert _in_unit(*doc[v].values())
+        assert in_unit(*doc[v].values())
         assert doc[v] == {k: manifest["metrics"]["variants"][v][k] for k in ("auroc", "tnr", "tpr")}
     assert doc["delta_auroc"] == pytest.approx(doc["int8"]["auroc"] - doc["float32"]["auroc"])
     assert doc["int8_bytes"] == (bundle / "model_int8.tflite").stat().st_size
