@@ -4,8 +4,8 @@ Scripts are run as ``python bench/NAME.py``, so ``bench/`` is on ``sys.path`` an
 ``import common``. Results land in ``bench/results/<name>-<YYYY-MM-DD>.json`` (not committed),
 each with the machine block from :func:`machine_info`, so a number is never without its context.
 
-Also here: per-process CPU time and peak RSS from ``/proc`` (fleet and cold-start benches),
-a free loopback port and a throwaway Mosquitto broker for the benches that need MQTT.
+Also here: per-process CPU time and peak RSS from ``/proc`` (fleet and cold-start benches). The
+benches that need MQTT start Mosquitto with :class:`edge_detect.broker.Mosquitto`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,8 @@ import os
 import platform
 import resource
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -304,86 +302,6 @@ def peak_rss_mb() -> float:
         return hwm
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(r / (1024 * 1024) if sys.platform == "darwin" else r / 1024, 2)
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (loopback only)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def find_mosquitto() -> Optional[str]:
-    """Path of the mosquitto binary (PATH or /usr/sbin), or None."""
-    for cand in (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
-        if cand and os.access(cand, os.X_OK):
-            return cand
-    return None
-
-
-class Mosquitto:
-    """A throwaway Mosquitto on 127.0.0.1 for one bench run (no persistence, anonymous, MQTT 3.1.1 and 5).
-
-    Use as a context manager; ``port`` and ``pid`` are set once it accepts connections.
-    ``extra_conf`` lines are appended to the generated config (e.g. ``max_queued_messages 100000``).
-    """
-
-    def __init__(self, port: Optional[int] = None, extra_conf: Sequence[str] = (), log: bool = False) -> None:
-        exe = find_mosquitto()
-        if exe is None:
-            raise RuntimeError("mosquitto not found: sudo apt-get install mosquitto")
-        self.exe = exe
-        self.port = port or free_port()
-        self.extra_conf = list(extra_conf)
-        self.log = log
-        self.proc: Optional[subprocess.Popen] = None
-        self._dir: Optional[str] = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self, timeout_s: float = 10.0) -> Mosquitto:
-        self._dir = tempfile.mkdtemp(prefix="bench-mosquitto-")
-        conf = Path(self._dir) / "mosquitto.conf"
-        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence false",
-                 # Benches publish bursts: don't let the broker's default in-flight/queue limits drop them.
-                 "max_inflight_messages 0", "max_queued_messages 0", *self.extra_conf]
-        if not self.log:
-            lines.append("log_type none")
-        conf.write_text("\n".join(lines) + "\n")
-        out = subprocess.DEVNULL if not self.log else None
-        self.proc = subprocess.Popen([self.exe, "-c", str(conf)], stdout=out, stderr=out)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited with code {self.proc.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"mosquitto did not listen on port {self.port} within {timeout_s} s")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if self._dir:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
-
-    def __enter__(self) -> Mosquitto:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
 
 # --- image subsets and a briefly trained autoencoder (heatmap / synthetic-anomaly benches) ------

@@ -31,6 +31,8 @@ from typing import Any, Dict, List, Optional
 
 import common
 
+from edge_detect.broker import Mosquitto
+
 CLI = str(Path(sys.executable).parent / "edge-detect")
 DEFAULT_FOLDER = common.SHARED_DATA / "casting" / "train" / "ok_front"
 PATTERNS = ("*.jpeg", "*.jpg", "*.png")
@@ -214,7 +216,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             folder = sub
         print(f"bundle: {what}\nfolder: {folder} ({len(files)} files), threads {a.threads}")
         rows = []
-        with common.Mosquitto() as broker:
+        with Mosquitto(log=False) as broker:
             for r in range(a.repeat):
                 cfg = write_config(tmp, bundle, folder, broker.port, 1e30, a.threads, f"run{r}")
                 if r % 2:  # alternate the order: the shared machine's load drifts during a run

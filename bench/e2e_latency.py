@@ -42,6 +42,8 @@ import numpy as np
 from cold_start_rss import make_image
 from latency import find_bundles
 
+from edge_detect.broker import Mosquitto, find_mosquitto
+
 DEVICE = "bench-e2e"
 CAMERA = "cam0"
 FAST = {"settle": 0.0, "poll_interval": 0.01}
@@ -176,7 +178,7 @@ def run_profile(name: str, watch: Dict[str, float], bundle: Path, images: int, g
     daemon: Optional[subprocess.Popen] = None
     sub: Optional[Subscriber] = None
     try:
-        with common.Mosquitto() as broker:
+        with Mosquitto(log=False) as broker:
             cfg = write_config(tmp / "edge-detect.toml", bundle, broker.port, inbox, tmp / "outbox.sqlite", watch,
                                threads)
             sub = Subscriber(broker.port)
@@ -265,7 +267,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("error: no bundle: pass --bundle (none under runs/ or bundles/)", file=sys.stderr)
         return 2
     bundle = bundles[0].resolve()
-    if common.find_mosquitto() is None:
+    if find_mosquitto() is None:
         print("error: mosquitto not found (sudo apt-get install mosquitto)", file=sys.stderr)
         return 2
     from edge_detect.bundle import load_bundle

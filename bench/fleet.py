@@ -47,6 +47,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import common
 
+from edge_detect.broker import Mosquitto, find_mosquitto
+
 PREFIX = "edge-detect"
 GROUP = "bench"
 MODEL = {"name": "fleet-sim", "version": "1", "sha256": "0" * 64, "variant": "int8"}
@@ -221,7 +223,7 @@ def _broker(a: argparse.Namespace) -> Iterator[Any]:
     if a.port:
         yield SimpleNamespace(port=a.port, pid=a.broker_pid)
     else:
-        with common.Mosquitto() as m:
+        with Mosquitto(log=False) as m:
             yield m
 
 
@@ -339,7 +341,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sizes = [int(s) for s in a.sizes.split(",") if s]
     if not sizes or min(sizes) < 1 or max(sizes) > 1000 or a.duration <= 0 or a.rate <= 0:
         ap.error("sizes must be 1..1000 devices; duration and rate > 0")
-    if not a.port and common.find_mosquitto() is None:
+    if not a.port and find_mosquitto() is None:
         print("error: mosquitto not found (sudo apt-get install mosquitto)", file=sys.stderr)
         return 2
     info = common.machine_info()

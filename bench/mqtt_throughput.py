@@ -1,6 +1,6 @@
 """Delivery cost: QoS 1 event throughput with the SQLite outbox vs bare paho, and outbox replay speed.
 
-Starts its own Mosquitto on loopback (tests/mosquitto.py). Modes, each sending the same event
+Starts its own Mosquitto on loopback (edge_detect.broker). Modes, each sending the same event
 JSON (built by edge_detect.events, about 600 bytes) until every PUBACK arrived:
 
 * ``paho``         bare paho-mqtt, QoS 1, same in-flight window; nothing durable (the baseline)
@@ -22,7 +22,6 @@ import argparse
 import json
 import shutil
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -31,11 +30,9 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the test suite's Mosquitto helper starts the broker
-
 import common  # noqa: E402
-from mosquitto import Mosquitto  # noqa: E402
 
+from edge_detect.broker import Mosquitto  # noqa: E402
 from edge_detect.events import build_event  # noqa: E402
 from edge_detect.outbox import Outbox  # noqa: E402
 from edge_detect.publisher import MqttConfig, Publisher  # noqa: E402
@@ -145,7 +142,7 @@ def main() -> None:
 
     args.dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="mqtt-bench-", dir=args.dir))
-    broker = Mosquitto(work / "broker")
+    broker = Mosquitto(work / "broker", persistent=True, max_queued=100_000)
     broker.start()
     rows = []
     try:

@@ -14,12 +14,8 @@ It ends with a summary: frames scored, alerts, and accuracy against the samples'
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
 import shutil
-import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -33,100 +29,6 @@ LABEL_DIRS = {"good": False, "defect": True}  # samples/<dir>/ -> anomalous?
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 Echo = Callable[[str], None]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class EmbeddedBroker:
-    """A loopback MQTT broker for the demo: Mosquitto when installed, else amqtt in a thread.
-
-    kind: "auto", "mosquitto" or "amqtt". ``start()`` returns (host, port).
-    """
-
-    def __init__(self, kind: str = "auto", workdir: Optional[Path] = None) -> None:
-        if kind not in ("auto", "mosquitto", "amqtt"):
-            raise ValueError(f"broker kind must be auto, mosquitto or amqtt, not {kind!r}")
-        self.exe = shutil.which("mosquitto") or next(
-            (p for p in ("/usr/sbin/mosquitto",) if os.access(p, os.X_OK)), None)
-        if kind == "auto":
-            kind = "mosquitto" if self.exe else "amqtt"
-        if kind == "mosquitto" and not self.exe:
-            raise RuntimeError("mosquitto is not installed")
-        self.kind = kind
-        self.dir = workdir or Path(tempfile.mkdtemp(prefix="edge-detect-broker-"))
-        self.port = _free_port()
-        self._proc: Optional[subprocess.Popen] = None
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._broker = None
-
-    def start(self, timeout: float = 10.0) -> Tuple[str, int]:
-        if self.kind == "mosquitto":
-            conf = self.dir / "mosquitto.conf"
-            lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence false"]
-            if os.geteuid() == 0:
-                lines.append("user root")  # else it drops to user mosquitto, which may not exist
-            conf.write_text("\n".join(lines) + "\n")
-            self._proc = subprocess.Popen([self.exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL)
-        else:
-            self._start_amqtt(timeout)  # listening once start() returned; a probe would only log noise
-            return "127.0.0.1", self.port
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return "127.0.0.1", self.port
-            except OSError:
-                if self._proc is not None and self._proc.poll() is not None:
-                    raise RuntimeError(f"mosquitto exited with {self._proc.returncode}") from None
-                time.sleep(0.05)
-        raise RuntimeError(f"the embedded {self.kind} broker did not start within {timeout:g} s")
-
-    def _start_amqtt(self, timeout: float) -> None:
-        try:
-            from amqtt.broker import Broker
-        except ImportError:
-            raise RuntimeError("no MQTT broker: install the demo extra (pip install 'edge-detect[demo]') "
-                               "or mosquitto, or pass --broker HOST:PORT") from None
-        for name in ("amqtt", "transitions"):
-            # It logs config defaults at WARNING and every client's disconnect at ERROR.
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-        cfg = {"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}}, "sys_interval": 0,
-               "auth": {"allow-anonymous": True, "plugins": ["auth_anonymous"]}, "topic-check": {"enabled": False}}
-        loop = asyncio.new_event_loop()
-        ready, failed = threading.Event(), []
-
-        def serve() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                self._broker = Broker(cfg, loop=loop)
-                loop.run_until_complete(self._broker.start())
-            except Exception as e:  # reported to the caller below
-                failed.append(e)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-
-        self._loop = loop
-        threading.Thread(target=serve, name="amqtt-broker", daemon=True).start()
-        if not ready.wait(timeout) or failed:
-            raise RuntimeError(f"amqtt did not start: {failed[0] if failed else 'timeout'}")
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
-            self._proc.wait(10)
-        if self._loop is not None and self._broker is not None:
-            try:
-                asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop).result(10)
-            except Exception:  # shutting down anyway; the thread is a daemon thread
-                pass
-            self._loop.call_soon_threadsafe(self._loop.stop)
 
 
 @dataclass
@@ -203,9 +105,10 @@ def run_demo(
 ) -> DemoResult:
     """Run the demo; returns the result (the caller prints ``summary()``).
 
-    broker: "host:port" of an existing broker (default: start an embedded one, see EmbeddedBroker).
+    broker: "host:port" of an existing broker (default: start one, see edge_detect.broker.local_broker).
     interval: s between two captures dropped into the watched directory. timeout: s for the whole run.
     """
+    from .broker import local_broker
     from .bundle import load_bundle
     from .daemon import Daemon
     from .subscribe import HEADER, AlertSubscriber, BrokerOptions, format_line, parse_broker
@@ -226,9 +129,9 @@ def run_demo(
                 host, port = parse_broker(broker)
                 kind = f"{host}:{port}"
             else:
-                emb = EmbeddedBroker(embedded, work)
-                host, port = emb.start()
-                kind = f"embedded {emb.kind} on {host}:{port}"
+                emb = local_broker(embedded, work / "broker").start()
+                host, port = emb.host, emb.port
+                kind = f"embedded {emb.kind} on {emb.url}"
             echo(f"broker   {kind}")
             inbox = work / "inbox"
             inbox.mkdir()
@@ -298,4 +201,4 @@ def run_demo(
             return res
         finally:
             if emb is not None:
-                emb.stop()
+                emb.close()

@@ -10,11 +10,12 @@ def mosquitto(tmp_path_factory):
     Fails (never skips) when mosquitto is missing: CI installs it, and a silent skip would hide
     the delivery tests.
     """
-    from mosquitto import Mosquitto, find_mosquitto
+    from edge_detect.broker import Mosquitto, find_mosquitto
 
     if find_mosquitto() is None:
         _pytest.fail("mosquitto is not installed: run 'sudo apt-get install mosquitto' (CI installs it)")
-    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto"))
+    # Persistent, so a stop/start keeps sessions and queued messages as a real broker restart does.
+    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto"), persistent=True, max_queued=100_000)
     broker.start()
     yield broker
     broker.stop()

@@ -12,15 +12,11 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from edge_detect.broker import free_port
+
 
 def find_sshd() -> Optional[str]:
     return shutil.which("sshd") or ("/usr/sbin/sshd" if os.access("/usr/sbin/sshd", os.X_OK) else None)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Sshd:
@@ -32,7 +28,7 @@ class Sshd:
             raise RuntimeError("sshd is not installed: apt-get install openssh-server")
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
+        self.port = free_port()
         self.user = getpass.getuser()
         for name in ("host_key", "client_key"):
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(self.dir / name)],

@@ -317,7 +317,7 @@ def test_config_validation_errors(tmp_path):
 
 
 def test_password_auth_and_never_logged(tmp_path, caplog):
-    from mosquitto import Mosquitto
+    from edge_detect.broker import Mosquitto
 
     secret = "s3cr3t-Pa55word-xyz"
     broker = Mosquitto(tmp_path / "auth", users={"device": secret})
