@@ -207,7 +207,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             bundle = tmp / "bundle"
             subprocess.run([sys.executable, str(common.REPO_ROOT / "tests" / "tiny_bundle.py"), str(bundle),
                             "--size", "128"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            what = "tests/tiny_bundle.py autoencoder, 128x128 gray, float32 (no trained bundle in runs/ or bundles/)"
+            what = "tests/tiny_bundle.py autoencoder, 128x128 gray, float32 (built: no --bundle given)"
         if a.files:  # the daemon watches a folder: give it exactly these files
             sub = tmp / "images"
             sub.mkdir()

@@ -8,12 +8,15 @@ score shape gets there without changing the protocol. Also scores that are not r
 errors, for comparison: the mean distance to the k nearest training normals (kNN) in pixels, in the
 bottleneck code (the ``latent`` layer) and in error maps; and, with --with RUN (repeatable), the
 mean of several runs' MSE, each divided by its own validation mean (an ensemble); with --shift N,
-the minimum and the mean MSE over the input shifted by up to N px each way (test-time shifts).
+the minimum and the mean MSE over the input shifted by up to N px each way (test-time shifts); with
+--deadzone D (repeatable), the mean of max(|error| - D, 0)^2, which ignores grey-level differences
+below D (0-1 scale). "tpr_at_tnr99" is what the ranking allows: TPR at the test normals' 99th percentile.
 
     python bench/score_tails.py runs/bench-mnist40/plain-d3 [--k 3]
     python bench/score_tails.py runs/mnist-hard/mae-d3 --knn 1 \
         --with runs/mnist-seeds/d3-s1 --with runs/mnist-seeds/d3-s2
     python bench/score_tails.py runs/mnist-hard/mae-d3 --shift 1
+    python bench/score_tails.py runs/mnist-hard/mae-d3 --deadzone 0.1 --deadzone 0.3 --deadzone 0.5
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ def main() -> None:
     ap.add_argument("--with", dest="others", action="append", default=[],
                     help="another run on the same data: adds the ensemble row")
     ap.add_argument("--shift", type=int, default=0, help="also test-time shifts of up to this many px (0: none)")
+    ap.add_argument("--deadzone", type=float, action="append", default=[],
+                    help="also the MSE of the error beyond this grey level (0-1; repeatable)")
     ap.add_argument("--name", default="score_tails")
     args = ap.parse_args()
 
@@ -66,6 +71,9 @@ def main() -> None:
         "lowpass3 mse": lowpass(3), "lowpass5 mse": lowpass(5), "lowpass7 mse": lowpass(7),
         "mse / ink": lambda x, r: mse(x, r) / np.maximum(x.mean(axis=(1, 2)), 1e-6),
     }
+    for d in args.deadzone:
+        scores[f"mse beyond {d:g}"] = lambda x, r, d=d: (
+            np.maximum(np.abs(x - r) - d, 0) ** 2).mean(axis=(1, 2)).astype(np.float64)
     pairs = {name: (f(xv, rv), f(xt, rt)) for name, f in scores.items()}
     if args.knn:
         import keras
@@ -102,10 +110,13 @@ def main() -> None:
         rows.append({"score": name, "val_skew": round(skew(v), 2), "val_tnr": float((v <= thr).mean()),
                      "test_tnr": float((t[~y] <= thr).mean()) if (~y).any() else None,
                      "test_tpr": float((t[y] > thr).mean()) if y.any() else None,
+                     "tpr_at_tnr99": float((t[y] > np.quantile(t[~y], 0.99)).mean()) if y.any() and (~y).any()
+                     else None,
                      "auroc": common.auroc_split(t[~y], t[y]) if y.any() and (~y).any() else None})
     common.print_table(rows)
     print("wrote", common.write_result(args.name, {"run": args.run, "with": args.others, "k": args.k,
-                                                   "knn": args.knn, "shift": args.shift, "rows": rows}))
+                                                   "knn": args.knn, "shift": args.shift,
+                                                   "deadzone": args.deadzone, "rows": rows}))
 
 
 if __name__ == "__main__":

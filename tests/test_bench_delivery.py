@@ -28,9 +28,11 @@ def _images(shared_data_tiny: Path) -> Path:
     return shared_data_tiny / "casting" / "train" / "ok_front"
 
 
-def test_daemon_throughput_bench(smoke_bundle: Path, shared_data_tiny: Path, tmp_path: Path,
+@pytest.mark.parametrize("given", [True, False], ids=["bundle-given", "bundle-built"])
+def test_daemon_throughput_bench(given: bool, smoke_bundle: Path, shared_data_tiny: Path, tmp_path: Path,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """The real daemon on a watched folder against the bare loop, then the first-event run."""
+    """The real daemon on a watched folder against the bare loop, then the first-event run; with
+    --bundle, or without it (the bench builds the 128 px test autoencoder in a child process)."""
     import daemon_throughput
 
     runs: list = []  # daemon_run's own dicts: the frame count and exit code the JSON leaves out
@@ -42,10 +44,12 @@ def test_daemon_throughput_bench(smoke_bundle: Path, shared_data_tiny: Path, tmp
 
     monkeypatch.setattr(daemon_throughput, "daemon_run", spy)
     monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
-    rc = daemon_throughput.main([str(_images(shared_data_tiny)), "--bundle", str(smoke_bundle), "--files", "12",
-                                 "--repeat", "1"])
+    bundle_args = ["--bundle", str(smoke_bundle)] if given else []
+    rc = daemon_throughput.main([str(_images(shared_data_tiny)), *bundle_args, "--files", "12", "--repeat", "1"])
     assert rc == 0
     doc = _result(tmp_path, "daemon_throughput")
+    built = "tests/tiny_bundle.py autoencoder, 128x128 gray, float32 (built: no --bundle given)"
+    assert doc["bundle"] == (f"given: {smoke_bundle}" if given else built)
     assert doc["files"] == 12
     (row,) = doc["runs"]
     # The daemon scored exactly the 12 files, rejected none and stopped cleanly on SIGTERM.

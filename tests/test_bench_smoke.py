@@ -273,10 +273,14 @@ def test_score_tails_bench_on_a_tiny_autoencoder_run(tmp_path: Path, monkeypatch
     res = CliRunner().invoke(train_main, ["fit", str(data), "--normal-classes", "1", "--model", "plain",
                                           "--input-size", "16", "--epochs", "2", "--out", str(run), "--quiet"])
     assert res.exit_code == 0, res.output
-    out = run_bench(monkeypatch, tmp_path / "results", "score_tails", run, "--knn", "1", "--shift", "1")
+    out = run_bench(monkeypatch, tmp_path / "results", "score_tails", run, "--knn", "1", "--shift", "1",
+                    "--deadzone", "0")
     rows = {r["score"]: r for r in _result(out, "score_tails")["rows"]}
     assert {"kNN 1, latent code", "min MSE over +-1 px shifts", "mean MSE over +-1 px shifts"} <= set(rows)
     # The identity row is the run's own score (MSE) on the run's own split: the same ranking.
     metrics = json.loads((run / "run.json").read_text())["metrics"]
     assert rows["mse"]["auroc"] == pytest.approx(metrics["auroc"], abs=1e-9)
     assert all(0.0 <= r["val_tnr"] <= 1.0 for r in rows.values())
+    # A dead zone of 0 is plain MSE again.
+    assert rows["mse beyond 0"]["auroc"] == pytest.approx(rows["mse"]["auroc"], abs=1e-9)
+    assert rows["mse beyond 0"]["tpr_at_tnr99"] == rows["mse"]["tpr_at_tnr99"]
