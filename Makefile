@@ -22,9 +22,11 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.demo
 	$(BIN)/edge-detect demo
 
-# Integration tests use real system services: Mosquitto (MQTT), sshd (deploy), systemd-analyze (unit checks).
+# Integration tests use real system services: Mosquitto (MQTT), sshd (deploy), systemd-analyze (unit checks),
+# and a C compiler for the native test helpers in tests/native/ (seccomp launcher, fake delegate library).
 # Install whichever is missing when we may (CI runs as root).
-SYSTEM_DEPS := mosquitto:/usr/sbin/mosquitto openssh-server:/usr/sbin/sshd systemd:/usr/bin/systemd-analyze
+SYSTEM_DEPS := mosquitto:/usr/sbin/mosquitto openssh-server:/usr/sbin/sshd systemd:/usr/bin/systemd-analyze \
+               gcc:/usr/bin/gcc
 system-deps:
 	@missing=""; for d in $(SYSTEM_DEPS); do test -x "$${d#*:}" || missing="$$missing $${d%%:*}"; done; \
 	if [ -n "$$missing" ]; then \

@@ -12,6 +12,8 @@ from typing import Optional, Tuple
 
 import click
 
+from edge_detect.errors import UserError
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
@@ -25,10 +27,14 @@ def keygen(out_dir: str, name: str) -> None:
     """Make an Ed25519 signing key pair: NAME.key.pem (keep it here, 0600) and NAME.pub.pem (for devices)."""
     from edge_detect.signing import generate_keypair, key_id, load_public_key
 
+    if not name or Path(name).name != name:
+        raise UserError(f"--name must be a file name stem without '/', got {name!r}")
     try:
         priv, pub = generate_keypair(out_dir, name)
     except FileExistsError as e:
-        raise click.ClickException(str(e)) from None
+        raise UserError(str(e)) from None
+    except OSError as e:
+        raise UserError(f"cannot write the keys into {out_dir}: {e.strerror or e}") from None
     click.echo(f"private key {priv}\npublic key  {pub} (key id {key_id(load_public_key(pub).key)})\n"
                f"copy the public key to each device's /etc/edge-detect/trusted-keys/")
 
@@ -48,7 +54,9 @@ def sign(bundle: str, key: str, archive: Optional[str]) -> None:
         if archive:
             click.echo(f"archive: {pack(bundle, archive)}")
     except (BundleError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+        raise UserError(str(e)) from None
+    except OSError as e:
+        raise UserError(f"cannot use {e.filename}: {e.strerror or e}") from None
 
 
 @click.command()
@@ -96,7 +104,9 @@ def deploy(bundle: str, hosts: Tuple[str, ...], with_package: bool, parallel: in
             if with_package:
                 opts.with_package = str(build_wheel(Path(__file__).resolve().parents[1], Path(tmp)))
             results = push(bundle, hosts, opts, log)
-        except (BundleError, ValueError, RuntimeError) as e:
+        except (BundleError, ValueError) as e:
+            raise UserError(str(e)) from None
+        except RuntimeError as e:  # building the wheel failed: not the user's input
             raise click.ClickException(str(e)) from None
     if as_json:
         for r in results:
@@ -120,17 +130,31 @@ def deploy(bundle: str, hosts: Tuple[str, ...], with_package: bool, parallel: in
 def update(archive: str, broker: str, device: str, prefix: str, chunk_kb: int, timeout: float,
            username: Optional[str], password_file: Optional[str], tls_ca: Optional[str]) -> None:
     """Send a signed bundle ARCHIVE (.tar.gz from `sign --archive`) to a device over MQTT; print its answer."""
+    import tempfile
+
+    from edge_detect.bundle import BundleError, load_bundle
+    from edge_detect.publisher import check_tls_files
     from edge_detect.subscribe import parse_broker
 
     from .mqtt_update import publish_update
 
-    host, port = parse_broker(broker)
+    try:
+        host, port = parse_broker(broker)
+        check_tls_files(tls_ca)
+        with tempfile.TemporaryDirectory(prefix="edge-deploy-update-") as tmp:
+            load_bundle(archive, extract_to=Path(tmp))  # never send what the device would refuse anyway
+    except BundleError as e:
+        raise UserError(f"bundle refused: {e}") from None
+    except ValueError as e:
+        raise UserError(str(e)) from None
     pw = Path(password_file).read_text().rstrip("\r\n") if password_file else None
     try:
         r = publish_update(host, port, device, archive, prefix=prefix, chunk_bytes=chunk_kb * 1024,
                            timeout=timeout, username=username, password=pw, tls_ca=tls_ca)
-    except (TimeoutError, OSError) as e:
+    except TimeoutError as e:
         raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise UserError(f"cannot connect to {host}:{port}: {e.strerror or e}") from None
     click.echo(json.dumps(r))
     sys.exit(0 if r.get("ok") else 1)
 

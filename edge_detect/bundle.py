@@ -28,6 +28,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 import numpy as np
 
 from . import __version__
+from .errors import first_line
 from .preprocess import Preprocess
 from .scoring import Scorer, scorer_from_dict
 
@@ -39,6 +40,7 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 CPU_PREFERENCE = ("int8", "float32", "dynamic", "float16", "int8_io")
 _REQUIRED = ("schema_version", "name", "version", "family", "model", "created", "preprocess", "scoring",
              "calibration", "variants", "files")
+_OBJECTS = ("model", "preprocess", "scoring", "calibration", "variants", "files")
 
 
 class BundleError(Exception):
@@ -136,12 +138,26 @@ def check_manifest(m: Mapping[str, Any], where: str = MANIFEST) -> None:
     missing = [k for k in _REQUIRED if k not in m]
     if missing:
         raise BundleError(f"{where}: missing key(s) {', '.join(missing)}")
+    # Wrong JSON types would otherwise surface as a TypeError deep in the loader or the detector.
+    for k in _OBJECTS:
+        _expect(m, k, dict, where)
+    _expect(m, "default_variant", str, where, required=False)
+    _expect(m, "arrays", dict, where, required=False)
     if not m["variants"]:
         raise BundleError(f"{where}: variants is empty")
     for name, v in m["variants"].items():
+        _expect(m["variants"], name, dict, where, f"variants.{name}")
         for k in ("file", "input", "output"):
             if k not in v:
                 raise BundleError(f"{where}: variants.{name}.{k} is missing")
+        _expect(v, "file", str, where, f"variants.{name}.file")
+        for k in ("input", "output"):
+            _expect(v, k, dict, where, f"variants.{name}.{k}")
+            _expect(v[k], "shape", list, where, f"variants.{name}.{k}.shape")
+            _expect(v[k], "dtype", str, where, f"variants.{name}.{k}.dtype")
+            _expect(v[k], "quantization", list, where, f"variants.{name}.{k}.quantization", required=False)
+        _expect(v, "arrays", dict, where, f"variants.{name}.arrays", required=False)
+        _expect(v, "calibration", dict, where, f"variants.{name}.calibration", required=False)
         if v["file"] not in m["files"]:
             raise BundleError(f"{where}: variants.{name}.file {v['file']!r} has no entry in files")
         for role, arr in v.get("arrays", {}).items():
@@ -151,8 +167,35 @@ def check_manifest(m: Mapping[str, Any], where: str = MANIFEST) -> None:
         Preprocess.from_dict(m["preprocess"])
     except (TypeError, ValueError, KeyError) as e:
         raise BundleError(f"{where}: preprocess: {e}") from None
-    if not isinstance(m["calibration"].get("threshold"), (int, float)):
-        raise BundleError(f"{where}: calibration.threshold must be a number")
+    thresholds = {"calibration": m["calibration"].get("threshold")}
+    for name, v in m["variants"].items():
+        if "threshold" in v.get("calibration", {}):
+            thresholds[f"variants.{name}.calibration"] = v["calibration"]["threshold"]
+    for key, threshold in thresholds.items():
+        if not isinstance(threshold, (int, float)) or isinstance(threshold, bool):
+            raise BundleError(f"{where}: {key}.threshold must be a number")
+
+
+def _expect(d: Mapping[str, Any], key: str, kind: type, where: str, name: str = "",
+            required: bool = True) -> None:
+    """Refuse ``d[key]`` unless it is a ``kind`` (a JSON object, string or array)."""
+    if key not in d:
+        if required:
+            raise BundleError(f"{where}: {name or key} is missing")
+        return
+    if not isinstance(d[key], kind):
+        raise BundleError(f"{where}: {name or key} must be {_JSON_TYPES[kind]}, got {_json_type(d[key])}")
+
+
+_JSON_TYPES = {dict: "an object", str: "a string", list: "an array"}
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return _JSON_TYPES.get(type(value), "null" if value is None else type(value).__name__)
 
 
 def verify_files(path: Path, manifest: Mapping[str, Any]) -> None:
@@ -172,14 +215,32 @@ def load_bundle(path: Union[str, Path], verify: bool = True, extract_to: Optiona
     """Load a bundle directory or archive. With ``verify``, refuse it unless every check passes."""
     path = Path(path)
     if path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES):
+        archive = path
         path = unpack(path, extract_to or Path(tempfile.mkdtemp(prefix="edge-detect-bundle-")))
+        try:
+            return _load_dir(path, verify)
+        except BundleError as e:
+            # Name the archive the user gave, not the temporary folder it was unpacked into.
+            raise BundleError(str(e).replace(str(path), str(archive))) from None
+    return _load_dir(path, verify)
+
+
+def read_json(path: Path) -> Any:
+    """The parsed JSON file; a ValueError naming it when it is not valid JSON or not UTF-8."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def _load_dir(path: Path, verify: bool) -> Bundle:
     mf = path / MANIFEST
     if not mf.is_file():
         raise BundleError(f"{path}: not a bundle (no {MANIFEST})")
     try:
-        manifest = json.loads(mf.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BundleError(f"{mf}: not valid JSON ({e})") from None
+        manifest = read_json(mf)
+    except ValueError as e:
+        raise BundleError(str(e)) from None
     check_manifest(manifest, str(mf))
     if verify:
         verify_files(path, manifest)
@@ -261,7 +322,9 @@ def unpack(archive: Union[str, Path], dest: Union[str, Path]) -> Path:
                 assert f is not None
                 (dest / Path(name).name).write_bytes(f.read())
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        raise BundleError(f"{archive}: damaged or truncated archive ({e})") from None
+        # A file that is no archive at all makes tarfile list each compression it tried, a line each.
+        why = first_line(e).rstrip(":")
+        raise BundleError(f"{archive}: damaged or truncated archive ({why})") from None
     return dest
 
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import click
 
 from . import __version__
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .validate import ConfigError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,7 +32,8 @@ def main(verbose: int) -> None:
 @main.command()
 @click.argument("bundle", type=click.Path(exists=True))
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("--variant", help="Model variant: int8, float32, float16, dynamic, int8_io, int8_edgetpu.")
+@click.option("--variant", help="Model variant: int8, float32, float16, dynamic, int8_io (int8_edgetpu runs only "
+              "with the Edge TPU delegate, in the daemon).")
 @click.option("--threads", type=click.IntRange(1, 64), help="Interpreter CPU threads.")
 @click.option("--threshold", type=float, help="Override the bundle's calibrated threshold.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
@@ -68,12 +73,15 @@ def _score(
     from .detector import Detector
     from .preprocess import ImageError
 
+    if threshold is not None and not math.isfinite(threshold):
+        raise UserError(f"--threshold must be a finite number, got {threshold}")
     try:
         # An archive is unpacked into extract_to, which the caller removes when scoring ends.
         b = load_bundle(bundle, extract_to=Path(extract_to))
         det = Detector(b, variant=variant, num_threads=threads, threshold=threshold)
     except BundleError as e:
-        raise UserError(f"bundle refused: {e}") from None
+        # An archive's messages would name the temporary folder it was unpacked into.
+        raise UserError(f"bundle refused: {str(e).replace(extract_to, bundle)}") from None
     except ValueError as e:  # a manifest block the device can't build (scorer, preprocess)
         raise UserError(f"bundle refused: {bundle}: {e}") from None
     bad = 0
@@ -135,14 +143,16 @@ def subscribe(
     """Print anomaly events from one device or many, deduplicated by event id."""
     from pathlib import Path
 
+    from .publisher import check_tls_files
     from .subscribe import HEADER, AlertSubscriber, BrokerOptions, format_line, parse_broker
 
-    try:
-        host, port = parse_broker(broker)
-    except ValueError as e:
-        raise UserError(str(e)) from None
     if bool(tls_cert) != bool(tls_key):
         raise UserError("--tls-cert and --tls-key must be given together")
+    try:
+        host, port = parse_broker(broker)
+        check_tls_files(tls_ca, tls_cert, tls_key)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     if password_file and not username:
         raise UserError("--password-file needs --username")
     password = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n") if password_file else None
@@ -181,6 +191,13 @@ def subscribe(
         sys.exit(1)
 
 
+def _invalid_config(e: ConfigError) -> UserError:
+    """The error for a ConfigError: one line naming file and key, or a count and then a line per problem."""
+    if len(e.errors) == 1:
+        return UserError(f"invalid config: {e}")
+    return UserError(f"invalid config ({len(e.errors)} problems)\n{e}")
+
+
 @main.command()
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
               help="The daemon's TOML config (docs/CONFIG.md).")
@@ -194,8 +211,7 @@ def run(config_path: str) -> None:
     try:
         cfg = load_config(config_path)
     except ConfigError as e:
-        click.echo(f"error: invalid config\n{e}", err=True)
-        sys.exit(2)
+        raise _invalid_config(e) from None
     setup_logging(cfg.device.log_format, cfg.device.log_level)
     sys.exit(run_daemon(cfg))
 
@@ -210,9 +226,7 @@ def check_config(config_path: str) -> None:
     try:
         cfg = load_config(config_path)
     except ConfigError as e:
-        click.echo(f"error: invalid config ({len(e.errors)} problem{'s' if len(e.errors) != 1 else ''})\n{e}",
-                   err=True)
-        sys.exit(2)
+        raise _invalid_config(e) from None
     click.echo(cfg.summary())
 
 
@@ -233,7 +247,7 @@ def health(config_path: str, timeout: float) -> None:
     try:
         cfg = load_config(config_path)
     except ConfigError as e:
-        raise UserError(f"invalid config\n{e}") from None
+        raise _invalid_config(e) from None
     try:
         h = summarize(query_health(cfg.mqtt, cfg.device.id, timeout=timeout))
     except (ConnectionError, ValueError) as e:
@@ -269,7 +283,10 @@ def bundle_install(source: str, store: str, trusted: Tuple[str, ...], no_activat
     from .signing import load_trusted_keys
     from .update import BundleStore
 
-    keys = load_trusted_keys(trusted) if trusted else None
+    try:
+        keys = load_trusted_keys(trusted) if trusted else None
+    except (OSError, ValueError) as e:
+        raise UserError(f"--trusted-key: {e}") from None
     try:
         with tempfile.TemporaryDirectory(prefix=".unpack-", dir=Path(store).parent if Path(store).parent.is_dir()
                                          else None) as tmp:
@@ -279,6 +296,8 @@ def bundle_install(source: str, store: str, trusted: Tuple[str, ...], no_activat
             r = BundleStore(store).install(src, trusted=keys, activate=not no_activate)
     except BundleError as e:
         raise UserError(f"bundle refused: {e}") from None
+    except OSError as e:  # e.g. a --store that can't be created or written
+        raise UserError(f"cannot install into {store}: {e.strerror or e}: {e.filename}") from None
     click.echo(json.dumps(r.to_dict()))
 
 
@@ -301,10 +320,14 @@ def bundle_activate(version: str, store: str) -> None:
 @_STORE
 def bundle_list(store: str) -> None:
     """Print the store as JSON: current, previous and the installed versions."""
+    from .bundle import BundleError
     from .update import BundleStore
 
     s = BundleStore(store)
-    click.echo(json.dumps({"current": s.current(), "previous": s.previous(), "versions": s.versions()}))
+    try:
+        click.echo(json.dumps({"current": s.current(), "previous": s.previous(), "versions": s.versions()}))
+    except BundleError as e:  # e.g. a current that is a plain file, not the link the store manages
+        raise UserError(str(e)) from None
 
 
 @main.command()
@@ -325,12 +348,15 @@ def demo(broker: Optional[str], embedded: str, bundle: Optional[str], sample_dir
     """
     from pathlib import Path
 
+    from .bundle import BundleError
     from .demo import run_demo
 
     logging.getLogger("edge_detect").setLevel(logging.WARNING)
     try:
         r = run_demo(broker=broker, embedded=embedded, bundle=Path(bundle) if bundle else None,
                      sample_dir=Path(sample_dir) if sample_dir else None, interval=interval, echo=click.echo)
+    except BundleError as e:
+        raise UserError(f"bundle refused: {e}") from None
     except (RuntimeError, FileNotFoundError, ConnectionError, ValueError) as e:
         raise UserError(str(e)) from None
     click.echo(r.summary())

@@ -411,4 +411,6 @@ def load_config(path: Union[str, Path]) -> Config:
         raise ConfigError([f"cannot read: {e.strerror}"], path) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"not valid TOML: {e}"], path) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"not valid TOML: not UTF-8 text (byte {e.start})"], path) from None
     return parse_config(data, path)

@@ -15,6 +15,7 @@ import numpy as np
 
 from .bundle import Bundle, BundleError, load_bundle
 from .delegates import DelegateConfig
+from .errors import first_line
 from .preprocess import ImageSource, Preprocess
 from .runtime import AcceleratorRequired, TensorSpec, TFLiteModel
 from .scoring import normalise
@@ -71,7 +72,7 @@ def _load_model(
     except AcceleratorRequired:
         raise
     except (ValueError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise BundleError(f"{path}: variants.{variant} is not a loadable TFLite model ({first})") from None
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
 import re
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -69,6 +70,10 @@ class Preprocess:
             raise ValueError(f"preprocess.color must be one of {COLORS}, got {self.color!r}")
         if self.resize not in _RESAMPLE:
             raise ValueError(f"preprocess.resize must be one of {tuple(_RESAMPLE)}, got {self.resize!r}")
+        for k in ("scale", "offset"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise ValueError(f"preprocess.{k} must be a number, got {v!r}")
         if self.roi is not None:
             if len(self.roi) != 4 or self.roi[2] < 1 or self.roi[3] < 1 or min(self.roi[:2]) < 0:
                 raise ValueError(f"preprocess.roi must be (x, y, width, height) px, got {self.roi!r}")

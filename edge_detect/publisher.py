@@ -31,6 +31,7 @@ import os
 import queue
 import re
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -131,6 +132,10 @@ class MqttConfig:
                 )
                 if (tls.cert_file is None) != (tls.key_file is None):
                     raise ValueError(f"{where}.tls.cert_file and {where}.tls.key_file must be given together")
+                try:
+                    check_tls_files(tls.ca_file, tls.cert_file, tls.key_file)
+                except ValueError as e:
+                    raise ValueError(f"{where}.tls: {e}") from None
         protocol = d.get("protocol", "3.1.1")
         protocol = str(protocol) if isinstance(protocol, (str, int)) and not isinstance(protocol, bool) else protocol
         if protocol in ("5.0",):
@@ -239,6 +244,25 @@ class _Check:
         if val is not None and not Path(val).is_file():
             raise ValueError(f"{self.where}.{key}: no such file: {val}")
         return val
+
+
+def check_tls_files(ca_file: Optional[str], cert_file: Optional[str] = None, key_file: Optional[str] = None) -> None:
+    """Load the TLS files as paho's ``tls_set`` will; raise a one-line ValueError naming the one that fails.
+
+    Without this, a file that is no PEM surfaces as an ``ssl.SSLError`` traceback when the client is made.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    what = f"CA file {ca_file}"
+    try:
+        if ca_file:
+            ctx.load_verify_locations(ca_file)
+        what = f"certificate {cert_file} with key {key_file}"
+        if cert_file:
+            # A password-protected key can't be used unattended: fail here instead of prompting for it.
+            ctx.load_cert_chain(cert_file, key_file, password="")
+    except (ssl.SSLError, OSError) as e:
+        reason = (e.reason if isinstance(e, ssl.SSLError) else e.strerror) or str(e)
+        raise ValueError(f"{what}: not usable for TLS ({reason})") from None
 
 
 # -- the publisher ---------------------------------------------------------------------------

@@ -157,7 +157,12 @@ def scorer_from_dict(d: dict, arrays: Optional[Dict[str, np.ndarray]] = None) ->
         raise ValueError(f"scoring.kind must be one of {sorted(_REGISTRY)}, got {kind!r}")
     cls = _REGISTRY[kind]
     from_dict = getattr(cls, "from_dict", None)
-    return from_dict(d, arrays or {}) if from_dict else cls(**d)
+    if from_dict:
+        return from_dict(d, arrays or {})
+    try:
+        return cls(**d)
+    except TypeError as e:  # an unknown key in the manifest's scoring block
+        raise ValueError(f"scoring: {e}") from None
 
 
 def _load_plugins() -> None:

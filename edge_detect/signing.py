@@ -76,7 +76,10 @@ def generate_keypair(out_dir: Union[str, Path], name: str = "edge-detect-update"
 
 
 def load_private_key(path: Union[str, Path]) -> Ed25519PrivateKey:
-    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except (ValueError, TypeError) as e:  # TypeError: the key is password-protected
+        raise ValueError(f"{path}: not an unencrypted PEM private key ({e})") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path}: not an Ed25519 private key")
     return key

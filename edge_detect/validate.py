@@ -64,7 +64,8 @@ def _check(value: Any, t: Any) -> bool:
         _, inner = typing.get_args(t)
         return isinstance(value, dict) and all(_check(v, inner) for v in value.values())
     if t is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        # TOML allows nan, which passes every range check (nan <= 0 is false) and then breaks timers.
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
     if t is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if isinstance(t, type):

@@ -21,6 +21,32 @@ def mosquitto(tmp_path_factory):
     broker.stop()
 
 
+# --- native helpers (tests/native/*.c), compiled once per session ---------------------------------
+@_pytest.fixture(scope="session")
+def build_native(tmp_path_factory):
+    """``build(source_name, *cc_args)`` -> path of the output compiled from tests/native/SOURCE.
+
+    Fails (never skips) without a C compiler: ``make test`` installs gcc, and a skip would hide the
+    service and delegate tests.
+    """
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        _pytest.fail("no C compiler: run 'sudo apt-get install gcc' (make test installs it)")
+    out_dir = tmp_path_factory.mktemp("native")
+
+    def build(source: str, *args: str) -> Path:
+        out = out_dir / Path(source).stem
+        src = Path(__file__).resolve().parent / "native" / source
+        subprocess.run([cc, "-O2", *args, "-o", str(out), str(src)], check=True, timeout=120)
+        return out
+
+    return build
+
+
 # --- the daemon's tests: a real tiny .tflite bundle, built once per session -----------------------
 @_pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,51 @@ def test_refused_bundles_fail_the_json_schema_too(good):
         mutate(bad)
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, schema)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda m: m.__setitem__("variants", "int8"), "manifest.json: variants must be an object, got a string"),
+    (lambda m: m["variants"].__setitem__("int8", 5), "variants.int8 must be an object, got a number"),
+    (lambda m: m["variants"]["int8"].__setitem__("file", ["x"]), "variants.int8.file must be a string, got an array"),
+    (lambda m: m["variants"]["int8"].__setitem__("input", 5), "variants.int8.input must be an object"),
+    (lambda m: m["variants"]["int8"]["input"].__setitem__("quantization", 5),
+     "variants.int8.input.quantization must be an array"),
+    (lambda m: m.__setitem__("calibration", "high"), "calibration must be an object, got a string"),
+    (lambda m: m["calibration"].__setitem__("threshold", True), "calibration.threshold must be a number"),
+    (lambda m: m["variants"]["int8"].__setitem__("calibration", {"threshold": "x"}),
+     "variants.int8.calibration.threshold must be a number"),
+    (lambda m: m.__setitem__("scoring", 5), "scoring must be an object, got a number"),
+    (lambda m: m.__setitem__("arrays", 5), "arrays must be an object, got a number"),
+    (lambda m: m.__setitem__("default_variant", ["int8"]), "default_variant must be a string, got an array"),
+    (lambda m: m["preprocess"].__setitem__("scale", "x"), "preprocess.scale must be a number, got 'x'"),
+    (lambda m: m["scoring"].__setitem__("colour", 1), "unexpected keyword argument 'colour'"),
+])
+def test_manifest_with_wrong_types_is_refused_in_one_line(good, tmp_path, mutate, message):
+    """A hand-edited manifest.json (it is not hashed itself) is refused, never a TypeError traceback."""
+    path, _, image = good
+    b = copy(path, tmp_path / "b")
+    edit_manifest(b, mutate)
+    assert message in refuse_cli(b, image)
+
+
+def test_archive_errors_name_the_archive(good, tmp_path):
+    """Not the temporary folder it was unpacked into, and one line for a file that is no archive at all."""
+    path, _, image = good
+    text = tmp_path / "notes.tar.gz"
+    text.write_text("not an archive\n")
+    assert refuse_cli(text, image) == f"error: bundle refused: {text}: damaged or truncated archive " \
+                                      "(file could not be opened successfully)"
+    no_manifest = tmp_path / "models.tar.gz"
+    b = copy(path, tmp_path / "b")
+    (b / "manifest.json").unlink()
+    with tarfile.open(no_manifest, "w:gz") as tar:
+        tar.add(b / "model_int8.tflite", arcname="model_int8.tflite")
+    assert refuse_cli(no_manifest, image) == f"error: bundle refused: {no_manifest}: not a bundle (no manifest.json)"
+    _, archive, _ = good
+    assert f"bundle {archive} has no variant 'int4'" in refuse_cli(archive, image, "--variant", "int4")
+
+
+def test_non_finite_threshold_override_is_refused(good):
+    path, _, image = good
+    r = CliRunner().invoke(main, ["score", str(path), str(image), "--threshold", "nan"])
+    assert r.exit_code == 2 and r.output.strip() == "error: --threshold must be a finite number, got nan"

@@ -84,6 +84,9 @@ def test_every_problem_is_named_with_key_and_file(tmp_path):
         (('[device]', '[mqtt]\nport = 99999\n[device]'), "mqtt.port"),
         (('[device]', '[mqtt]\nhostname = "x"\n[device]'), "mqtt.hostname"),
         (('[device]', '[outbox]\npolicy = "drop_newest"\n[device]'), "outbox.policy"),
+        # nan passes every range check (nan <= 0 is false), so it is refused as a number at all.
+        (('[device]', '[stats]\ninterval = nan\n[device]'), "stats.interval: must be number, got nan"),
+        (('name = "front"', 'name = "front"\nthreshold = nan'), "cameras[0].threshold: must be number, got nan"),
     ],
 )
 def test_wrong_types_and_values_name_the_key(tmp_path, patch, key):
@@ -106,6 +109,26 @@ def test_toml_syntax_and_missing_file(tmp_path):
     assert "not valid TOML" in str(_errors(tmp_path, "[device\nid = 1"))
     with pytest.raises(ConfigError, match="no such file"):
         load_config(tmp_path / "nope.toml")
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe[device]\n")
+    with pytest.raises(ConfigError, match=f"{binary}: not valid TOML: not UTF-8 text"):
+        load_config(binary)
+
+
+def test_tls_file_that_is_not_pem_is_a_config_error(tmp_path):
+    """Found by check-config, not an ssl.SSLError traceback when the daemon (or health) makes its client."""
+    notes = tmp_path / "ca.pem"
+    notes.write_text("not a certificate\n")
+    e = _errors(tmp_path, MINIMAL + f'[mqtt.tls]\nca_file = "{notes}"\n')
+    assert f"mqtt.tls: CA file {notes}: not usable for TLS" in str(e), str(e)
+
+
+@pytest.mark.parametrize("args", [["check-config", "{}"], ["run", "--config", "{}"], ["health", "--config", "{}"]])
+def test_one_config_problem_is_one_line(tmp_path, args):
+    bad = _write(tmp_path, MINIMAL.replace('id = "line1"', "id = 7"))
+    r = subprocess.run([CLI, *(a.format(bad) for a in args)], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"error: invalid config: {bad}: device.id: must be string, got 7"
 
 
 def test_parse_config_accepts_a_dict():

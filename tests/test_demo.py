@@ -75,3 +75,12 @@ def test_demo_summary_counts_against_labels(tiny_bundle, tmp_path):
 def test_demo_reports_a_bad_broker(bad):
     r = subprocess.run([CLI, "demo", "--broker", bad], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "error:" in r.stderr
+
+
+def test_demo_refuses_a_file_that_is_not_a_bundle(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a bundle\n")
+    r = subprocess.run([CLI, "demo", "--bundle", str(notes), "--broker", "127.0.0.1:1"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == f"error: bundle refused: {notes}: not a bundle (no manifest.json)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -163,17 +164,24 @@ def test_cli_error_paths_are_one_line_exit_2(explainer_dir, tmp_path) -> None:
         (explain, [str(explainer_dir), imgs[0], "--method", "per-image"], "metric run directory"),
         (explain, [str(tmp_path), imgs[0]], "no explainer.json"),
         (explain, [str(explainer_dir), imgs[0], "--epochs", "0"], "--epochs"),
+        (explain, [str(explainer_dir), imgs[0], "--beta", "nan"], "--beta"),
         (fit, [str(tmp_path / "absent"), "--out", str(tmp_path / "e")], "no such folder"),
         (fit, [str(tmp_path / "in"), "--out", str(tmp_path / "e"), "--input-size", "10"], "multiple of 4"),
     ]
     (tmp_path / "empty").mkdir()
     cases.append((fit, [str(tmp_path / "empty"), "--out", str(tmp_path / "e")], "no readable images"))
+    # A damaged explainer directory: its description or its model.
+    for name, damage, msg in (("json", lambda d: (d / "explainer.json").write_text("{"), "explainer.json: not a valid"),
+                              ("tflite", lambda d: (d / "explainer_int8.tflite").unlink(), "not a loadable TFLite")):
+        d = tmp_path / f"damaged-{name}"
+        shutil.copytree(explainer_dir, d)
+        damage(d)
+        cases.append((explain, [str(d), imgs[0]], msg))
     for cmd, args, msg in cases:
         r = CliRunner().invoke(cmd, args)
         assert r.exit_code == 2, (args, r.output)
-        err = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]
-        assert len(err) == 1 and msg in err[0], (args, r.output)
-        assert "Traceback" not in r.output
+        lines = [ln for ln in r.output.splitlines() if ln.strip() and not ln.startswith("warning: skipped")]
+        assert len(lines) == 1 and lines[0].startswith("error:") and msg in lines[0], (args, r.output)
 
 
 def test_heatmap_grid_png(tmp_path) -> None:

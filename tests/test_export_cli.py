@@ -93,6 +93,17 @@ def test_run_dir_without_run_json_is_one_line_exit_2(tmp_path):
     assert r.output.strip() == want
 
 
+def test_out_that_is_a_file_is_refused_not_replaced(run_dir, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me\n")
+    r = invoke(run_dir, "--out", notes)
+    assert r.exit_code == 2 and "is a file" in r.output
+    assert notes.read_text() == "keep me\n"  # write_bundle would have swapped it for the bundle
+    r = invoke(run_dir, "--out", notes / "b", "--quant", "float32")
+    assert r.exit_code == 2 and r.output.strip().splitlines()[-1].startswith(f"error: cannot use {notes}")
+    assert "Traceback" not in r.output
+
+
 def test_representative_sample_with_synthetic_defects():
     import numpy as np
 

@@ -283,12 +283,32 @@ def test_discovery_and_commands(mosquitto, tmp_path):
     pub.stop()
 
 
+def _self_signed_ca(path):
+    """A PEM CA certificate the ssl module loads (the config loads the TLS files it is given)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-ca")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
 def test_config_validation_errors(tmp_path):
     ok = MqttConfig.from_dict({"host": "broker", "protocol": 5, "username": "u", "password_env": "EDGE_PW"})
     assert ok.protocol == "5" and ok.port == 1883 and ok.topic_prefix == "edge-detect"
-    ca = tmp_path / "ca.pem"
-    ca.write_text("x")
+    ca = _self_signed_ca(tmp_path / "ca.pem")
     assert MqttConfig.from_dict({"tls": {"ca_file": str(ca)}}).port == 8883
+    notes = tmp_path / "notes.pem"
+    notes.write_text("x")
     bad = [
         ({"port": 0}, "mqtt.port must be an integer 1..65535"),
         ({"port": "1883"}, "mqtt.port must be an integer 1..65535"),
@@ -297,6 +317,8 @@ def test_config_validation_errors(tmp_path):
         ({"qos": 0}, "mqtt.qos must be an integer 1..2"),
         ({"keepalive": True}, "mqtt.keepalive must be an integer"),
         ({"tls": {"ca_file": str(tmp_path / "nope.pem")}}, "mqtt.tls.ca_file: no such file"),
+        # Loaded here, so check-config finds it rather than an ssl traceback when the client is made.
+        ({"tls": {"ca_file": str(notes)}}, f"mqtt.tls: CA file {notes}: not usable for TLS"),
         ({"tls": {"cert_file": str(ca)}}, "mqtt.tls.cert_file and mqtt.tls.key_file must be given together"),
         ({"tls": {"verify": False}}, "mqtt.tls.verify is not a known key"),
         ({"password_env": "X"}, "mqtt.username is required"),

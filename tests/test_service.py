@@ -88,13 +88,8 @@ def test_exposure_score_matches_docs():
 
 
 @pytest.fixture(scope="module")
-def mdwx_exec(tmp_path_factory) -> Path:
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler to build the seccomp launcher")
-    out = tmp_path_factory.mktemp("mdwx") / "mdwx_exec"
-    subprocess.run([cc, "-O2", "-o", str(out), str(ROOT / "tests/native/mdwx_exec.c")], check=True, timeout=60)
-    return out
+def mdwx_exec(build_native) -> Path:
+    return build_native("mdwx_exec.c")
 
 
 @pytest.mark.parametrize("code", [

@@ -87,3 +87,13 @@ def test_bad_broker_and_options():
     assert bad.returncode == 2 and "port must be 1..65535" in bad.stderr
     assert parse_broker("example.org") == ("example.org", 1883)
     assert parse_broker("[::1]:8883") == ("::1", 8883)
+
+
+def test_tls_file_that_is_not_pem_is_one_line(tmp_path):
+    notes = tmp_path / "ca.pem"
+    notes.write_text("not a certificate\n")
+    r = subprocess.run([*CLI, "--broker", "127.0.0.1:1", "--tls-ca", str(notes), "--timeout", "1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith(f"error: CA file {notes}: not usable for TLS (")

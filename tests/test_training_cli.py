@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -182,6 +183,47 @@ def test_error_evaluate_not_a_run_dir(tmp_path):
     assert "not a run directory" in line
 
 
+def _set_in_run_json(d, **kw):
+    info = json.loads((d / "run.json").read_text())
+    (d / "run.json").write_text(json.dumps({**info, **kw}))
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda d: (d / "run.json").write_text("{"), "run.json: not valid JSON"),
+    (lambda d: (d / "run.json").write_text("[1]"), "run.json: not a JSON object"),
+    (lambda d: (d / "run.json").write_text('{"family": "plain"}'),
+     "run.json: missing key(s) preprocess, scoring, dataset, calibration"),
+    (lambda d: _set_in_run_json(d, preprocess=[16, 16]), "run.json: preprocess must be a JSON object"),
+    (lambda d: (d / "model.keras").unlink(), "model.keras is missing"),
+    (lambda d: (d / "model.keras").write_text("x"), "model.keras: not a Keras model"),
+])
+def test_error_damaged_run_dir(run, tmp_path, damage, needle):
+    """evaluate and export name the damaged file instead of a KeyError / TypeError traceback."""
+    d = tmp_path / "run"
+    shutil.copytree(run[0], d)
+    damage(d)
+    for args in (["evaluate", str(d)], ["export", str(d), "--out", str(tmp_path / "b")]):
+        assert needle in _one_line_error(CliRunner().invoke(main, args)), args
+
+
+def test_error_out_is_a_file_or_under_one(data, tmp_path):
+    ok, _ = data
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me\n")
+    res = CliRunner().invoke(main, ["fit", str(ok), "--out", str(notes), *TINY])
+    assert res.exit_code == 2 and "is a file" in res.output and "Traceback" not in res.output
+    assert notes.read_text() == "keep me\n"
+    line = _one_line_error(CliRunner().invoke(main, ["fit", str(ok), "--out", str(notes / "run"), *TINY]))
+    assert line.startswith(f"error: cannot use {notes}")
+
+
+def test_error_classes_layout_without_train_folder(data, tmp_path):
+    ok, _ = data
+    line = _one_line_error(CliRunner().invoke(main, ["fit", str(ok), "--out", str(tmp_path / "r"),
+                                                     "--layout", "classes", *TINY]))
+    assert "no train/ folder" in line
+
+
 def test_evaluate_int8_bundle_matches_edge_detect_score(run, tmp_path):
     from edge_detect.cli import main as device_main
 
@@ -189,6 +231,8 @@ def test_evaluate_int8_bundle_matches_edge_detect_score(run, tmp_path):
     bundle = tmp_path / "bundle"
     res = CliRunner().invoke(main, ["export", str(out), "--out", str(bundle), "--quant", "int8", "--allow-degraded"])
     assert res.exit_code == 0, res.output
+    # The manifest names the model family, not the kind of run ("autoencoder").
+    assert json.loads((bundle / "manifest.json").read_text())["family"] == "plain"
     res = CliRunner().invoke(main, ["evaluate", str(out), "--bundle", str(bundle), "--variant", "int8", "--json"])
     assert res.exit_code == 0, res.output
     m = json.loads([ln for ln in res.stdout.splitlines() if ln.startswith("{")][-1])

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import gzip
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_mvtec
+from conftest import write_idx_file, write_mvtec
 from PIL import Image
 
 from edge_detect.preprocess import Preprocess
@@ -67,6 +68,8 @@ def test_class_folder_layout_with_chosen_normal_classes(tmp_path):
     assert sorted((it.kind, it.label) for it in ds.items("test")) == [("c", 1)] * 3 + [("good", 0)] * 2
     with pytest.raises(DataError, match="not found"):
         load_dataset(str(tmp_path), normal_classes=["zebra"])
+    with pytest.raises(DataError, match="no train/ folder"):
+        load_dataset(str(tmp_path / "test"), layout="classes")
 
 
 def test_idx_layout_with_normal_label(idx_dir):
@@ -87,6 +90,22 @@ def test_truncated_idx_is_a_data_error(tmp_path, idx_dir):
     read_idx.cache_clear()
     with pytest.raises(DataError, match="truncated"):
         load_dataset(str(tmp_path))
+
+
+def test_idx_labels_that_do_not_fit_the_images_are_a_data_error(tmp_path, idx_dir):
+    """Not an IndexError traceback half-way through listing the items."""
+    short, flat = tmp_path / "short", tmp_path / "flat"
+    shutil.copytree(idx_dir, short)
+    write_idx_file(short / "train-labels-idx1-ubyte.gz", np.ones(5, np.uint8))
+    shutil.copytree(idx_dir, flat)
+    write_idx_file(flat / "train-images-idx3-ubyte.gz", np.ones(60, np.uint8))
+    read_idx.cache_clear()
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte\.gz: 5 labels for the 60 images"):
+        load_dataset(str(short))
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz: not an images IDX file"):
+        load_dataset(str(flat))
+    with pytest.raises(DataError, match=r"normal class\(es\) \['9'\] not found in .*train-labels"):
+        load_dataset(str(idx_dir), normal_classes=["9"])
 
 
 def test_missing_and_empty_folders(tmp_path):

@@ -76,6 +76,8 @@ def test_dilated_with_best_f1_on_held_out_anomalies(mvtec_dir, tmp_path):
         (["--val-fraction", "1.5"], "--val-fraction"),
         (["--calibration", "median"], "--calibration"),
         (["--epochs", "0"], "--epochs"),
+        (["--k", "nan"], "--k"),  # click's float takes nan, which would make a nan threshold
+        (["--model", "metric", "--alpha", "inf"], "--alpha"),
     ],
 )
 def test_bad_arguments_are_one_line_exit_2(mvtec_dir, tmp_path, args, needle):

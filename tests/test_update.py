@@ -179,3 +179,47 @@ def test_signed_update_over_mqtt(tiny_bundle, v2, keys, mosquitto, tmp_path):
         assert _retained_status(mosquitto, "edge-detect/upd1/status/update")["state"] == "installed"
     finally:
         assert d.terminate() == 0, d.tail()
+
+
+def test_cli_bad_keys_archives_and_options_are_one_line_exit_2(tiny_bundle, tmp_path):
+    """edge-deploy / edge-detect bundle install: bad input is `error: ...` naming it, exit 2, no traceback."""
+    from click.testing import CliRunner
+
+    from edge_deploy.cli import main as deploy_cli
+    from edge_detect.cli import main as device_cli
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle[0], bundle)
+    archive = str(pack(bundle, tmp_path / "bundle.tar.gz"))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("neither a key nor a bundle\n")
+    keys = tmp_path / "keys"
+    assert CliRunner().invoke(deploy_cli, ["keygen", "--out", str(keys)]).exit_code == 0
+    priv, pub = str(keys / "edge-detect-update.key.pem"), str(keys / "edge-detect-update.pub.pem")
+    odd_store = tmp_path / "store"
+    odd_store.mkdir()
+    (odd_store / "current").write_text("not the link the store manages\n")
+    cases = [
+        (deploy_cli, ["keygen", "--out", str(keys)], "edge-detect-update.key.pem exists; refusing to overwrite"),
+        (deploy_cli, ["keygen", "--out", str(notes / "k")], f"cannot write the keys into {notes / 'k'}"),
+        (deploy_cli, ["keygen", "--out", str(keys), "--name", "../x"], "--name must be a file name stem"),
+        (deploy_cli, ["sign", str(bundle), "--key", str(notes)], f"{notes}: not an unencrypted PEM private key"),
+        (deploy_cli, ["sign", str(bundle), "--key", pub], f"{pub}: not an unencrypted PEM private key"),
+        (deploy_cli, ["sign", str(bundle), "--key", priv, "--archive", str(tmp_path / "no" / "b.tar.gz")],
+         f"cannot use {tmp_path / 'no' / 'b.tar.gz.part'}"),
+        (deploy_cli, ["push", str(notes), "--host", "a@b"], f"{notes}: not a bundle (no manifest.json)"),
+        (deploy_cli, ["update", str(notes), "--device", "d"], f"bundle refused: {notes}: not a bundle"),
+        (deploy_cli, ["update", archive, "--device", "d", "--broker", "h:99999"], "port must be 1..65535"),
+        (deploy_cli, ["update", archive, "--device", "d", "--broker", "127.0.0.1:1", "--tls-ca", str(notes)],
+         f"CA file {notes}: not usable for TLS"),
+        (deploy_cli, ["update", archive, "--device", "d", "--broker", "127.0.0.1:1"], "cannot connect to 127.0.0.1:1"),
+        (device_cli, ["bundle", "install", archive, "--store", str(tmp_path / "s"), "--trusted-key", str(notes)],
+         f"--trusted-key: {notes}: not a PEM public key"),
+        (device_cli, ["bundle", "install", archive, "--store", str(notes / "s")], f"cannot install into {notes / 's'}"),
+        (device_cli, ["bundle", "list", "--store", str(odd_store)], f"{odd_store / 'current'} is not a symlink"),
+    ]
+    for cli, args, message in cases:
+        r = CliRunner().invoke(cli, args)
+        lines = [ln for ln in r.output.splitlines() if not ln.startswith("signed: ")]
+        assert r.exit_code == 2 and len(lines) == 1, (args, r.output)
+        assert lines[0].startswith("error: ") and message in lines[0], (args, r.output)

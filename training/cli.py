@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -41,6 +42,13 @@ def _roi(value: Optional[str]) -> Optional[Tuple[int, int, int, int]]:
     if min(x, y) < 0 or min(w, h) < 1:
         raise UserError(f"--roi needs x, y >= 0 and width, height >= 1 px; got {value!r}")
     return x, y, w, h
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    # click's float types take nan and inf, which pass every range check and make a nan threshold.
+    if not math.isfinite(value):
+        raise click.BadParameter(f"must be a finite number, got {value}")
+    return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -142,6 +150,8 @@ def fit_family(family: str, spec: Dict[str, Any], cfg: Any, out_dir: Path, opts:
         return FITTERS[family](spec, cfg, out_dir, opts or {}, verbose)
     except (DataError, ValueError) as e:
         raise UserError(str(e)) from None
+    except OSError as e:  # e.g. an --out whose parent can't be created
+        raise UserError(f"cannot use {e.filename}: {e.strerror or e}") from None
     except KeyboardInterrupt:
         raise Interrupted("interrupted before the first checkpoint: nothing saved") from None
 
@@ -149,7 +159,8 @@ def fit_family(family: str, spec: Dict[str, Any], cfg: Any, out_dir: Path, opts:
 @main.command()
 @click.argument("data", type=click.Path())
 @click.option("--model", "family", type=click.Choice(list(FITTERS)), default="plain", show_default=True)
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Run directory to write.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory to write.")
 @click.option("--input-size", type=click.IntRange(8, 1024), default=64, show_default=True, help="Model input, px.")
 @click.option("--color", type=click.Choice(["gray", "rgb"]), default="gray", show_default=True)
 @click.option("--roi", help="Crop x,y,width,height (source px) before resizing.")
@@ -161,7 +172,7 @@ def fit_family(family: str, spec: Dict[str, Any], cfg: Any, out_dir: Path, opts:
 @click.option("--score", type=click.Choice(SCORES), default="mse", show_default=True, help="Autoencoder score.")
 @click.option("--smooth", type=click.IntRange(1, 63), default=5, show_default=True, help="max_smooth box, px (odd).")
 @click.option("--calibration", type=click.Choice(MODES), default="mu_k_sigma", show_default=True)
-@click.option("--k", "k_sigma", type=float, default=3.0, show_default=True, help="k of mu+k*sigma.")
+@click.option("--k", "k_sigma", type=float, default=3.0, show_default=True, callback=_finite, help="k of mu+k*sigma.")
 @click.option("--quantile", type=click.FloatRange(0.5, 1.0), default=0.99, show_default=True)
 @click.option("--far", type=click.FloatRange(0.0, 0.5, min_open=True), default=0.01, show_default=True,
               help="Target false-alarm rate.")
@@ -181,7 +192,7 @@ def fit_family(family: str, spec: Dict[str, Any], cfg: Any, out_dir: Path, opts:
 @click.option("--backbone", default="cnn", show_default=True, help="metric: cnn, mobilenetv2-0.35, mobilenetv2-0.5.")
 @click.option("--weights", type=click.Choice(["none", "imagenet"]), default="none", show_default=True,
               help="metric, MobileNetV2: start from ImageNet weights (Keras downloads them once; needs internet).")
-@click.option("--alpha", type=float, default=4.0, show_default=True,
+@click.option("--alpha", type=float, default=4.0, show_default=True, callback=_finite,
               help="metric: L2-softmax scale (4 measured best, docs/BENCHMARKS.md).")
 @click.option("--embed-dim", type=click.IntRange(2, 1024), default=64, show_default=True,
               help="metric: embedding size.")

@@ -137,6 +137,8 @@ def _list_mvtec(root: Path) -> Tuple[List[Item], List[Item]]:
 
 
 def _list_classes(root: Path, normal: Optional[Sequence[str]]) -> Tuple[List[Item], List[Item]]:
+    if not (root / "train").is_dir():
+        raise DataError(f"{root}: no train/ folder of class folders (layout classes)")
     classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
     normal_set = set(normal) if normal else set(classes)
     unknown = normal_set - set(classes)
@@ -190,8 +192,18 @@ def _list_idx(root: Path, normal: Optional[Sequence[str]]) -> Tuple[List[Item], 
     for split in ("train", "test"):
         if f"{split}_images" not in f:
             continue
-        n = read_idx(str(f[f"{split}_images"])).shape[0]
+        images = read_idx(str(f[f"{split}_images"]))
+        if images.ndim != 3:
+            raise DataError(f"{f[f'{split}_images']}: not an images IDX file (shape {images.shape}, want N x H x W)")
+        n = images.shape[0]
         labels = read_idx(str(f[f"{split}_labels"])) if f"{split}_labels" in f else None
+        if labels is not None and labels.shape != (n,):
+            raise DataError(f"{f[f'{split}_labels']}: {labels.shape[0]} labels for the {n} images "
+                            f"in {f[f'{split}_images'].name}")
+        if split == "train" and labels is not None and normal_set is not None:
+            unknown = normal_set - {str(int(v)) for v in np.unique(labels)}
+            if unknown:
+                raise DataError(f"normal class(es) {sorted(unknown)} not found in {f['train_labels']}")
         for i in range(n):
             c = str(int(labels[i])) if labels is not None else ""
             bad = normal_set is not None and c not in normal_set

@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from edge_detect.errors import first_line
 from edge_detect.preprocess import Preprocess
 
 from .synthetic import KINDS, AnomalyGenerator
@@ -306,12 +307,19 @@ class OnePass:
         if not meta.is_file():
             raise ExplainError(f"{path}: no {EXPLAINER_JSON}; train a one-pass explainer with "
                                "'edge-train fit-explainer DATA --out DIR'")
-        self.meta = json.loads(meta.read_text())
-        self.preprocess = Preprocess.from_dict(self.meta["preprocess"])
+        try:
+            self.meta = json.loads(meta.read_text())
+            self.preprocess = Preprocess.from_dict(self.meta["preprocess"])
+        except (ValueError, TypeError, KeyError) as e:  # a truncated or hand-edited file
+            raise ExplainError(f"{meta}: not a valid explainer description ({type(e).__name__}: {e})") from None
         if use_tflite:
             from edge_detect.runtime import TFLiteModel
 
-            self._tfl = TFLiteModel(path / EXPLAINER_TFLITE, num_threads=1)
+            try:
+                self._tfl = TFLiteModel(path / EXPLAINER_TFLITE, num_threads=1)
+            except (ValueError, RuntimeError) as e:
+                first = first_line(e)
+                raise ExplainError(f"{path / EXPLAINER_TFLITE}: not a loadable TFLite model ({first})") from None
             # Explainers saved before the logit export end in the sigmoid themselves.
             if self.meta.get("tflite_output") == "logit":
                 self._run = lambda x: _sigmoid(self._tfl.run_batch(x))
@@ -392,10 +400,13 @@ def _click_commands() -> List[Any]:
     """``explain`` and ``fit-explainer`` for the ``edge-train`` group (thin wrappers)."""
     import click
 
+    from edge_detect.errors import UserError
+
     @click.command("explain")
-    @click.argument("target", metavar="BUNDLE_OR_RUN")
+    @click.argument("target", metavar="EXPLAINER_OR_RUN")
     @click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
-    @click.option("--out", "out_dir", default="explanations", show_default=True, help="Folder for the PNGs.")
+    @click.option("--out", "out_dir", default="explanations", show_default=True, type=click.Path(file_okay=False),
+                  help="Folder for the PNGs.")
     @click.option("--method", type=click.Choice(METHODS), default="one-pass", show_default=True,
                   help="one-pass: an explainer dir (fit-explainer); per-image: Ano-Unet against a metric run.")
     @click.option("--epochs", type=int, default=PerImageConfig.epochs, show_default=True,
@@ -404,20 +415,25 @@ def _click_commands() -> List[Any]:
                   help="per-image: weight of the embedding term.")
     def explain_cmd(target: str, images: Tuple[str, ...], out_dir: str, method: str, epochs: int,
                     beta: float) -> None:
-        """Heatmaps of where IMAGE... is anomalous, as PNGs in --out."""
-        if epochs < 1 or beta < 0:
-            raise click.UsageError("--epochs must be >= 1 and --beta >= 0")
+        """Heatmaps of where IMAGE... is anomalous, as PNGs in --out.
+
+        EXPLAINER_OR_RUN: an explainer directory from fit-explainer (--method one-pass), or a
+        metric run directory (--method per-image).
+        """
+        if epochs < 1 or not 0 <= beta < float("inf"):  # "not": nan fails every comparison
+            raise UserError("--epochs must be >= 1 and --beta a finite number >= 0")
         missing = [p for p in images if not Path(p).is_file()]
         if missing:
-            raise click.UsageError(f"no such image: {missing[0]}")
+            raise UserError(f"no such image: {missing[0]}")
         try:
             explain_paths(target, images, out_dir, method, PerImageConfig(beta=beta, epochs=epochs), click.echo)
         except ExplainError as e:
-            raise click.UsageError(str(e)) from None
+            raise UserError(str(e)) from None
 
     @click.command("fit-explainer")
     @click.argument("data", type=click.Path(file_okay=False))
-    @click.option("--out", "out_dir", required=True, help="Explainer directory to write.")
+    @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+                  help="Explainer directory to write.")
     @click.option("--input-size", type=int, default=64, show_default=True, help="Square input, px.")
     @click.option("--color", type=click.Choice(["gray", "rgb"]), default="gray", show_default=True)
     @click.option("--epochs", type=int, default=OnePassConfig.epochs, show_default=True)
@@ -433,13 +449,13 @@ def _click_commands() -> List[Any]:
         from .synthetic import load_foreign
 
         if input_size < 8 or input_size % 4 or epochs < 1 or per_epoch < 1:
-            raise click.UsageError("--input-size must be a multiple of 4 (>= 8); --epochs, --per-epoch >= 1")
+            raise UserError("--input-size must be a multiple of 4 (>= 8); --epochs, --per-epoch >= 1")
         pre = Preprocess(size=(input_size, input_size), color=color)
         try:
             x = load_folder(data, pre, limit, seed)
             pool = load_foreign(foreign, seed=seed) if foreign else None
         except (ExplainError, FileNotFoundError) as e:
-            raise click.UsageError(str(e)) from None
+            raise UserError(str(e)) from None
         cfg = OnePassConfig(epochs=epochs, per_epoch=per_epoch, seed=seed)
         model, summary = fit_one_pass(x, cfg, pool, progress=lambda e, loss: click.echo(f"epoch {e}/{epochs} "
                                                                                          f"loss {loss:.4f}"))

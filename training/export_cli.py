@@ -16,7 +16,6 @@ Metric-learning runs (``family: metric``) come from ``training.metric.export_par
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, Optional, Tuple
@@ -37,14 +36,20 @@ def _field(obj: Any, name: str, default: Any = None) -> Any:
 
 def inputs_from_run(run_dir: Path, name: Optional[str] = None, version: str = "1") -> Tuple[ExportSpec, DataSplits]:
     """Read RUN_DIR (model.keras + run.json) into what ``export_bundle`` needs."""
-    run_json = run_dir / "run.json"
-    if not run_json.is_file():
-        raise ExportError(f"{run_dir} is not a training run (no run.json); run 'edge-train fit' first")
+    from .data import DataError
+
     try:
-        info = json.loads(run_json.read_text())
-    except ValueError as e:
-        raise ExportError(f"{run_json}: not valid JSON ({e})") from None
+        return _inputs(run_dir, name, version)
+    except (DataError, ValueError) as e:  # a damaged run directory, or its data moved away
+        raise ExportError(str(e)) from None
+
+
+def _inputs(run_dir: Path, name: Optional[str], version: str) -> Tuple[ExportSpec, DataSplits]:
     from edge_detect.preprocess import Preprocess
+
+    from .train import read_run_json
+
+    info = read_run_json(run_dir)
 
     if info.get("family") == "metric":
         return _metric_inputs(run_dir, info, name, version)
@@ -63,7 +68,9 @@ def inputs_from_run(run_dir: Path, name: Optional[str] = None, version: str = "1
     calibration = dict(_field(run, "calibration"))
     splits = data_mod.rebuild_splits(_field(run, "dataset"), pre)
     model = _field(run, "model")
-    family = info.get("family") or _field(run, "family") or "autoencoder"
+    # run.json's "family" says which kind of run it is; the manifest names the model family itself
+    # (plain, denoising, superres, dilated), as docs/EXPORT.md and the schema describe.
+    family = info.get("model") or info.get("family") or _field(run, "family") or "autoencoder"
     spec = ExportSpec(
         model=model,
         preprocess=pre,
@@ -113,7 +120,8 @@ def _metric_inputs(run_dir: Path, info: dict, name: Optional[str], version: str)
 
 @click.command("export")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Bundle directory to write.")
 @click.option("--quant", type=click.Choice(QUANT_CHOICES), default="all", show_default=True,
               help="Variants: float32 is always included; int8 gives int8 (float io) and int8_io.")
 @click.option("--name", help="Bundle name (default: the run directory's name).")
@@ -143,6 +151,8 @@ def export_command(run_dir: Path, out: Path, quant: str, name: Optional[str], mo
         sys.exit(1)
     except ExportError as e:
         raise UserError(str(e)) from None
+    except OSError as e:  # e.g. an --out whose parent can't be created
+        raise UserError(f"cannot use {e.filename}: {e.strerror or e}") from None
     b = res.bundle
     sizes = ", ".join(f"{v} {spec_['size_bytes'] / 1024:.1f} KB" for v, spec_ in b.variants.items())
     click.echo(f"bundle {b.path}: {b.name} {b.version}, default {b.default_variant()}; {sizes}")

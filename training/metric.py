@@ -381,12 +381,13 @@ def _calibration_mode(fit_cfg: Any) -> str:
 
 def load_run(run_dir: Path) -> Tuple[Any, MetricConfig, Tuple[int, int, int]]:
     """(classifier, config, input shape) of a metric run directory."""
-    import keras
+    from .train import load_keras_model, read_run_json
 
     register_custom_layers()
-    run = json.loads((Path(run_dir) / "run.json").read_text())
+    # Only what the model needs: explain reads runs that hold the metric block alone.
+    run = read_run_json(Path(run_dir), need=("metric", "input_shape"))
     cfg = MetricConfig(**run["metric"])
-    return keras.models.load_model(Path(run_dir) / "model.keras"), cfg, tuple(run["input_shape"])
+    return load_keras_model(Path(run_dir) / "model.keras", compile=True), cfg, tuple(run["input_shape"])
 
 
 def register_custom_layers() -> None:

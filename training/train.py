@@ -11,12 +11,15 @@ import logging
 import os
 import platform
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from edge_detect.bundle import read_json
+from edge_detect.errors import first_line
 from edge_detect.preprocess import Preprocess
 from edge_detect.scoring import ReconstructionScorer, Scorer, scorer_from_dict
 
@@ -280,6 +283,46 @@ def write_run_json(out_dir: Path, info: Dict[str, Any]) -> None:
     os.replace(tmp, out_dir / "run.json")
 
 
+# What reading a run back needs from run.json, per family (ValueError naming the file and key otherwise).
+RUN_KEYS = ("preprocess", "scoring", "dataset", "calibration")
+METRIC_RUN_KEYS = ("preprocess", "dataset", "calibration", "metric", "input_shape")
+
+
+def read_run_json(run_dir: Path, need: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """RUN_DIR/run.json, checked to be a JSON object with the keys ``need`` (default: what its family
+    needs to be evaluated or exported). Raises ValueError."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise ValueError(f"{run_dir} is not a training run (no run.json); run 'edge-train fit' first")
+    info = read_json(path)
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    if need is None:
+        need = METRIC_RUN_KEYS if info.get("family") == "metric" else RUN_KEYS
+    missing = [k for k in need if k not in info]
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {', '.join(missing)}")
+    for k in need:
+        if not isinstance(info[k], list if k == "input_shape" else dict):
+            raise ValueError(f"{path}: {k} must be a JSON {'array' if k == 'input_shape' else 'object'}")
+    return info
+
+
+def load_keras_model(path: Path, compile: bool = False) -> Any:
+    """``keras.models.load_model``; a missing or damaged file is a ValueError naming it."""
+    import keras
+
+    if not Path(path).is_file():
+        raise ValueError(f"{path} is missing")
+    if not zipfile.is_zipfile(path):  # Keras would call it "File not found"
+        raise ValueError(f"{path}: not a Keras model (a .keras file is a zip archive)")
+    try:
+        return keras.models.load_model(path, compile=compile)
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        first = first_line(e)
+        raise ValueError(f"{path}: not a loadable Keras model ({first})") from None
+
+
 def _json_default(o: Any) -> Any:
     if isinstance(o, (np.integer, np.floating)):
         return o.item()
@@ -290,13 +333,11 @@ def _json_default(o: Any) -> Any:
 
 def load_run(run_dir: Path) -> Run:
     """Read RUN_DIR/run.json and RUN_DIR/model.keras."""
-    import keras
-
     from . import layers  # noqa: F401 - registers BatchNorm, which model.keras may name
 
     run_dir = Path(run_dir)
-    info = json.loads((run_dir / "run.json").read_text())
-    model = keras.models.load_model(run_dir / "model.keras", compile=False)
+    info = read_run_json(run_dir)
+    model = load_keras_model(run_dir / "model.keras")
     return Run(
         path=run_dir,
         model=model,
@@ -320,7 +361,7 @@ def evaluate_run(
 
     spec: the dataset to evaluate on (default: the run's own held-out split).
     """
-    info = json.loads((Path(run_dir) / "run.json").read_text())
+    info = read_run_json(run_dir)
     spec = spec or info["dataset"]
     if bundle is not None:
         # The device's own code path; the Keras model is not needed (nor loaded).

@@ -6,7 +6,8 @@
 #   delegate: the VX delegate /usr/lib/libvx_delegate.so (NPU/GPU through TIM-VX/OpenVX):
 #     [model.accelerator]
 #     type = "external"
-#     library = "/usr/lib/libvx_delegate.so"
+#     library_path = "/usr/lib/libvx_delegate.so"
+#     variant = "int8_io"
 #   bundle variant: int8_io (full-integer); the first inference compiles the graph (seconds), later ones are fast.
 # Yocto images have no apt: this installs into a venv that sees the BSP's tflite_runtime.
 # Usage: deploy/platforms/imx8.sh (as root on the board)

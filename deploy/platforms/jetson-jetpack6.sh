@@ -3,7 +3,7 @@
 #   runtime: ai-edge-litert (aarch64 wheel, Python 3.10) on the Arm cores with XNNPACK;
 #   GPU: the TFLite GPU delegate (OpenCL/OpenGL ES) is not in the LiteRT wheel; build
 #   libtensorflowlite_gpu_delegate.so for aarch64 and set
-#   [model.accelerator] type = "gpu", library = "/opt/edge-detect/lib/libtensorflowlite_gpu_delegate.so".
+#   [model.accelerator] type = "gpu", library_path = "/opt/edge-detect/lib/libtensorflowlite_gpu_delegate.so".
 #   Otherwise the daemon runs on the CPU and reports the fallback on its stats topic.
 #   cameras: CSI cameras through a GStreamer pipeline (nvarguscamerasrc) with the camera extra
 #   (OpenCV); JetPack's OpenCV has GStreamer, so the venv sees it via --system-site-packages.

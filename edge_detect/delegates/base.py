@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple
+
+from ..errors import first_line
 
 
 class DelegateUnavailable(RuntimeError):
@@ -55,8 +58,27 @@ class DelegateConfig:
         """Raise DelegateUnavailable if this model can't run on the accelerator."""
 
     def load(self, load_delegate: LoadDelegate) -> Any:
+        """The runtime's delegate object, or DelegateUnavailable with the one-line reason."""
+        library = self.library()
+        # LiteRT's Delegate fails noisily on a library it can't open or that is no delegate: an
+        # AttributeError escapes, and its __del__ prints a traceback later. Look first ourselves.
         try:
-            return load_delegate(self.library(), self.options() or None)
+            lib = ctypes.CDLL(library)
+        except OSError as e:
+            raise DelegateUnavailable(f"{self.name}: cannot load {library} ({first_line(e)})") from None
+        if not hasattr(lib, "tflite_plugin_create_delegate"):
+            raise DelegateUnavailable(f"{self.name}: {library} is not a TFLite delegate library "
+                                      "(no tflite_plugin_create_delegate)")
+        try:
+            return load_delegate(library, self.options() or None)
         except (ValueError, RuntimeError, OSError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DelegateUnavailable(f"{self.name}: cannot load {self.library()} ({first})") from None
+            raise DelegateUnavailable(f"{self.name}: cannot load {library} ({_reason(e)})") from None
+
+
+def _reason(e: BaseException) -> str:
+    """The delegate's own words: LiteRT puts them under a line of its own ("Failed to load delegate
+    from LIB") that the caller's message already says; several lines are joined with "; "."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if len(lines) > 1 and lines[0].startswith("Failed to load delegate from"):
+        lines = lines[1:]
+    return "; ".join(lines)[:300] if lines else type(e).__name__

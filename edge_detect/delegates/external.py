@@ -24,6 +24,8 @@ class ExternalDelegate(DelegateConfig):
     @classmethod
     def from_dict(cls, d, where="accelerator"):  # "options" is the natural key in TOML
         d = dict(d)
+        if "options_" in d:  # the field behind "options", not a key of the TOML table
+            raise ValueError(f"{where}: unknown key(s) options_ for type {cls.type!r}")
         if "options" in d:
             opts = d.pop("options")
             if not isinstance(opts, dict):
