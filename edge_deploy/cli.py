@@ -12,10 +12,10 @@ from typing import Optional, Tuple
 
 import click
 
-from edge_detect.errors import UserError
+from edge_detect.errors import Group, UserError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Get model bundles onto edge devices: sign, push over SSH with rollback, update over MQTT."""
 

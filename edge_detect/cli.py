@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Optional, Tuple
 import click
 
 from . import __version__
-from .errors import UserError
+from .errors import Group, UserError
 
 if TYPE_CHECKING:
     from .validate import ConfigError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edge-detect")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(verbose: int) -> None:

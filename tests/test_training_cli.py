@@ -51,7 +51,7 @@ def _one_line_error(res) -> str:
     assert isinstance(res.exception, SystemExit)
     assert "Traceback" not in res.output
     lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith(("WARNING", "I0000"))]
-    assert len(lines) == 1 and lines[0].startswith(("error:", "Error:")), res.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
     return lines[0]
 
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import click
 
 from edge_detect import __version__
-from edge_detect.errors import UserError
+from edge_detect.errors import Group, UserError
 
 from .calibrate import MODES
 from .data import LAYOUTS, DataError, dataset_spec
@@ -51,7 +51,7 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
     return value
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edge-train")
 @click.option("-v", "--verbose", count=True, help="More log output.")
 def main(verbose: int) -> None:
