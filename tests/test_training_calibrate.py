@@ -23,6 +23,8 @@ def test_best_f1_separates_and_needs_anomalies():
     assert set(c["thresholds"]) == {"mu_k_sigma", "quantile", "far", "best_f1"}
     with pytest.raises(ValueError, match="needs anomaly scores"):
         cal.calibrate(normal, "best_f1")
+    with pytest.raises(ValueError, match=r"got 1 \(give more normal images, or a larger --val-fraction\)$"):
+        cal.calibrate(normal[:1], "mu_k_sigma")
     # synthetic: the same rule on synthetic anomalies' scores, under its own name
     c = cal.calibrate(normal, "synthetic", anomalous)
     assert c["threshold"] == pytest.approx(r["threshold"]) and "best_f1" not in c["thresholds"]

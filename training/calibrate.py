@@ -76,7 +76,8 @@ def calibrate(
     if method not in MODES:
         raise ValueError(f"calibration must be one of {MODES}, got {method!r}")
     if len(normal) < 2:
-        raise ValueError(f"need at least 2 normal validation scores to calibrate, got {len(normal)}")
+        raise ValueError(f"need at least 2 normal validation scores to calibrate, got {len(normal)} "
+                         "(give more normal images, or a larger --val-fraction)")
     all_t = thresholds(normal, anomalous, k, q, far)
     if method == "synthetic":
         all_t["synthetic"] = all_t.pop("best_f1", None)
