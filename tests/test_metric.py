@@ -81,6 +81,7 @@ def test_training_separates_classes_and_calibrates(trained):
     info = trained["info"]
     assert info["family"] == "metric" and info["metric"]["class_names"] == sorted(NAMES)
     assert info["history"]["accuracy"][-1] > 0.9
+    assert info["interrupted"] is False and info["epochs_run"] == 20
     cal = info["calibration"]
     assert cal["method"] == "contamination" and cal["threshold"] > 0
     # The run's own float evaluation (training's metrics code): odd images vs the test shapes.
@@ -364,3 +365,38 @@ def test_mobilenet_keeps_the_given_weights_and_trains_its_batch_norms_fused(monk
     back = keras.models.load_model(tmp_path / "m.keras", compile=False)
     x = np.random.default_rng(0).random((2, 32, 32, 1), dtype=np.float32)
     np.testing.assert_allclose(np.asarray(back(x)), np.asarray(m(x)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("stop_after", [None, 2])
+def test_ctrl_c_keeps_the_last_completed_epoch(tmp_path, stop_after):
+    """Ctrl-C after epoch 2: the run is written from epoch 2's weights; during epoch 1: nothing to keep."""
+    import keras
+
+    from training import metric
+
+    class CtrlC(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if stop_after is not None and epoch + 1 == stop_after:
+                self.weights_then = self.model.get_weights()
+                raise KeyboardInterrupt
+
+        def on_train_batch_end(self, batch, logs=None):
+            if stop_after is None and batch == 1:  # in the middle of the first epoch
+                raise KeyboardInterrupt
+
+    rng = np.random.default_rng(0)
+    x = _x([shape_image(rng, k % 3) for k in range(48)])
+    y = np.arange(48) % 3
+    cfg = metric.MetricConfig(epochs=5, batch_size=16, embed_dim=8, width=4, class_names=NAMES)
+    stop = CtrlC()
+    if stop_after is None:
+        with pytest.raises(KeyboardInterrupt):
+            metric.fit_metric(tmp_path / "r", cfg, x[:36], y[:36], x[36:], y[36:], callbacks=[stop], verbose=0)
+        assert not (tmp_path / "r" / "model.keras").exists()
+        return
+    res = metric.fit_metric(tmp_path / "r", cfg, x[:36], y[:36], x[36:], y[36:], callbacks=[stop], verbose=0)
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run["interrupted"] is True and run["epochs_run"] == 2 and len(run["history"]["loss"]) == 2
+    for got, want in zip(res["model"].get_weights(), stop.weights_then):
+        np.testing.assert_array_equal(got, want)
+    assert (tmp_path / "r" / "model.keras").is_file() and run["calibration"]["threshold"] > 0

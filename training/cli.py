@@ -295,7 +295,9 @@ def summary(info: Dict[str, Any], out_dir: Path) -> str:
     lines = [
         "",
         f"run {out_dir}: {info.get('model', info.get('family'))} model, {info.get('parameters', '?')} parameters"
-        + ("  (interrupted: best checkpoint kept)" if info.get("interrupted") else ""),
+        + (f"  (interrupted after {info.get('epochs_run', '?')} epochs: "
+           f"{'its last epoch' if info.get('family') == 'metric' else 'the best checkpoint'} kept)"
+           if info.get("interrupted") else ""),
         f"data: {d.get('train', '?')} train, {d.get('val', '?')} validation, {d.get('test_normal', 0)} test normal, "
         f"{d.get('test_anomalous', 0)} test anomalous, {d.get('skipped', 0)} skipped",
         f"threshold ({cal['method']}): {cal['threshold']:.6g}   normal median {cal['normal_stats']['median']:.6g}",

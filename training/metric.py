@@ -15,6 +15,7 @@ what it must write into the bundle (``export_parts``).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ import numpy as np
 from edge_detect.neighbors import contamination_threshold, fit_scorer
 
 from .metric_models import BACKBONES, build_model, embedder_of
+
+log = logging.getLogger(__name__)
 
 FAMILY = "metric"
 REFERENCE_FILE = "reference.npz"  # in the run dir: normal embeddings (+ labels) for export
@@ -127,9 +130,23 @@ def train_embedder(
     # Outlier exposure usually has far fewer (or more) aux images than normals: weight classes equally.
     weights = {c: float(len(y) / (n_classes * max(1.0, counts[c]))) for c in range(n_classes)}
     val = (x_val, y_val) if x_val is not None and y_val is not None and len(x_val) else None
-    hist = model.fit(shuffled_batches((x, y), cfg.batch_size, cfg.seed), epochs=cfg.epochs, validation_data=val,
-                     shuffle=False,  # the dataset reshuffles itself
-                     class_weight=weights, callbacks=callbacks or [], verbose=verbose)
+    hist = keras.callbacks.History()  # ours, so the epochs before a Ctrl-C are still recorded
+    last: List[Any] = []  # the weights after the last completed epoch
+
+    class KeepLastEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            last[:] = [self.model.get_weights()]
+
+    try:
+        model.fit(shuffled_batches((x, y), cfg.batch_size, cfg.seed), epochs=cfg.epochs, validation_data=val,
+                  shuffle=False,  # the dataset reshuffles itself
+                  class_weight=weights, callbacks=[KeepLastEpoch(), hist, *(callbacks or [])], verbose=verbose)
+    except KeyboardInterrupt:
+        if not last:
+            raise
+        # Mid-epoch weights are half an update; the last completed epoch is a model we can describe.
+        model.set_weights(last[0])
+        log.warning("interrupted: keeping the model of epoch %d", len(hist.epoch))
     return model, {k: [float(v) for v in vs] for k, vs in hist.history.items()}
 
 
@@ -277,8 +294,10 @@ def fit_metric(
     scorer, ref_scores = build_scorer(*load_reference(run_dir), cfg)
     val_scores = scorer(None, embed(model, x_val, cfg.l2))[0] if len(x_val) else np.empty(0)
     cal = calibration_from_reference(ref_scores, cfg.contamination, val_scores)
+    epochs_run = len(history.get("loss", []))  # fewer than cfg.epochs only after a Ctrl-C (no early stopping)
     write_run_config(run_dir, cfg, {"model_params": cfg.model_params(), "scoring": scorer.to_dict(),
                                     "calibration": cal, "history": history, "train_seconds": train_s,
+                                    "epochs_run": epochs_run, "interrupted": epochs_run < cfg.epochs,
                                     "input_shape": list(x_train.shape[1:]), "n_classes": n_classes,
                                     "outlier_exposure": x_aux is not None and len(x_aux) > 0})
     return {"model": model, "scorer": scorer, "val_scores": val_scores, "calibration": cal, "history": history,
