@@ -28,7 +28,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 import numpy as np
 
 from . import __version__
-from .errors import first_line
+from .oneline import first_line
 from .preprocess import Preprocess
 from .scoring import Scorer, scorer_from_dict
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from .bundle import Bundle, BundleError, load_bundle
 from .delegates import DelegateConfig
-from .errors import first_line
+from .oneline import first_line
 from .preprocess import ImageSource, Preprocess
 from .runtime import AcceleratorRequired, TensorSpec, TFLiteModel
 from .scoring import normalise

@@ -44,9 +44,3 @@ def _one_line(e: click.UsageError) -> click.ClickException:
     hint = f" (see '{e.ctx.command_path} -h')" if e.ctx is not None else ""
     return UserError(f"{e.format_message().rstrip('.')}{hint}")
 
-
-def first_line(e: BaseException) -> str:
-    """The first line of an exception's message, else its type name: native libraries (TFLite,
-    tarfile, Keras) put pages of detail into one message, and a one-line error needs the gist."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

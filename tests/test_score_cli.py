@@ -123,3 +123,11 @@ def test_device_imports_no_tensorflow_or_keras(module):
     assert any(m.startswith("edge_detect") for m in imported)
     heavy = [m for m in imported if m.split(".")[0] in ("tensorflow", "keras", "tf_keras", "jax", "torch")]
     assert heavy == []
+
+
+def test_the_daemon_and_detector_import_no_cli_framework():
+    """The daemon's import path stays free of click (7 ms), which only the command line needs."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    code = "import sys, edge_detect.daemon, edge_detect.detector; print([m for m in sys.modules if m == 'click'])"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+    assert p.returncode == 0 and p.stdout.strip() == "[]", p.stdout + p.stderr

@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from edge_detect.errors import first_line
+from edge_detect.oneline import first_line
 from edge_detect.preprocess import Preprocess
 
 from .synthetic import KINDS, AnomalyGenerator

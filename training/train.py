@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from edge_detect.bundle import read_json
-from edge_detect.errors import first_line
+from edge_detect.oneline import first_line
 from edge_detect.preprocess import Preprocess
 from edge_detect.scoring import ReconstructionScorer, Scorer, scorer_from_dict
 

@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple
 
-from ..errors import first_line
+from ..oneline import first_line
 
 
 class DelegateUnavailable(RuntimeError):

@@ -1,0 +1,13 @@
+"""Exceptions worded as the one-line messages the daemon logs and the CLIs print.
+
+Kept apart from ``edge_detect.errors``, which needs click: the daemon's import path does not.
+"""
+
+from __future__ import annotations
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, else its type name: native libraries (TFLite,
+    tarfile, Keras) put pages of detail into one message, and a one-line error needs the gist."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
