@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import signal
+import sqlite3
 import tempfile
 import threading
 import time
@@ -43,6 +44,7 @@ log = logging.getLogger("edge_detect.daemon")
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_MODEL = 0, 1, 2, 3
 LATENCY_WINDOW = 4096  # frames kept for latency percentiles
+STORE_RETRY_S = 5.0  # s before a frame whose event the outbox could not store is read again
 _EVENT_NS = uuid.UUID("6f1b8f52-3c1e-4c57-9a55-2f0e6d1de7a1")
 
 
@@ -254,6 +256,10 @@ class CameraWorker:
                 self.stats.dropped += 1
         with self.lock:
             self.source.close()
+
+    def retry(self, frame: Frame) -> None:
+        with self.lock:
+            self.source.retry(frame, STORE_RETRY_S)
 
     def done(self, frame: Frame, ok: bool) -> None:
         try:
@@ -499,11 +505,21 @@ class Daemon:
         for cam in self.cfg.cameras:
             self.decisions[cam.name] = self._decision(cam)
 
-        from .outbox import Outbox
+        from .outbox import open_outbox
         from .publisher import Publisher
 
         o = self.cfg.outbox
-        self.outbox = Outbox(o.path, o.max_messages, o.max_bytes, o.policy, o.synchronous)
+        try:
+            self.outbox, aside = open_outbox(o.path, o.max_messages, o.max_bytes, o.policy, o.synchronous)
+        except (sqlite3.Error, OSError) as e:
+            log.error("outbox %s cannot be opened: %s", o.path, e,
+                      extra=_ev("outbox_unusable", path=str(o.path), error=str(e)))
+            if self.model.extracted:
+                shutil.rmtree(self.model.extracted, ignore_errors=True)
+            return EXIT_ERROR
+        if aside is not None:
+            log.error("outbox %s was not a readable database: moved aside to %s, starting empty", o.path, aside,
+                      extra=_ev("outbox_corrupt", path=str(o.path), moved_to=str(aside)))
         self.publisher = Publisher(self.cfg.mqtt, self.device, self.outbox,
                                    cameras=[c.name for c in self.cfg.cameras], on_command=self.on_command)
         self.updater = self._make_updater()
@@ -603,11 +619,16 @@ class Daemon:
         if verdict.alert:
             timings = {"preprocess": (t1 - t0) * 1e3, "invoke": (t2 - t1) * 1e3, "score": (t3 - t2) * 1e3,
                        "capture_to_decision": max(0.0, (time.time() - frame.t_capture) * 1e3)}
-            self._event(worker, frame, verdict, x, None if maps is None else maps[0], timings)
+            if not self._event(worker, frame, verdict, x, None if maps is None else maps[0], timings):
+                # Disk full or failing: a watched directory keeps the file and hands it out again,
+                # so the event is stored once the disk takes writes (a stream's frame is gone).
+                worker.retry(frame)
+                return
         worker.done(frame, True)
 
     def _event(self, worker: CameraWorker, frame: Frame, verdict: Any, x: np.ndarray,
-               error_map: Optional[np.ndarray], timings: Dict[str, float]) -> None:
+               error_map: Optional[np.ndarray], timings: Dict[str, float]) -> bool:
+        """Build the event and put it in the outbox; False if the outbox could not store it."""
         from .events import build_event
         from .outbox import OutboxFull
 
@@ -634,10 +655,12 @@ class Daemon:
                             captured_at=frame.t_capture, latency_ms=timings, event_id=eid, extra=extra)
         try:
             self.publisher.publish_event(event, snap, heat)
-        except OutboxFull as e:
+        except (OutboxFull, sqlite3.Error) as e:  # full by policy, or the disk is full / failing
             self.events_refused += 1
-            log.error("event refused by the outbox: %s", e, extra=_ev("event_refused", camera=cam.name, error=str(e)))
-            return
+            log.error("event refused by the outbox: %s", e,
+                      extra=_ev("event_refused", camera=cam.name, image=frame.name, event_id=event["event_id"],
+                                error=str(e)))
+            return isinstance(e, OutboxFull)  # the policy's choice is final; a storage failure is not
         self.events += 1
         worker.stats.events += 1
         if self.first_event_s is None:
@@ -645,6 +668,7 @@ class Daemon:
         log.info("anomaly on %s: score %.4g (%.2f x threshold)", cam.name, verdict.score, verdict.normalised,
                  extra=_ev("anomaly", camera=cam.name, event_id=event["event_id"], image=frame.name,
                            score=verdict.score, normalised=verdict.normalised))
+        return True
 
     # -- reload ---------------------------------------------------------------------------------
 

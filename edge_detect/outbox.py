@@ -34,7 +34,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 POLICIES = ("drop_oldest", "reject_new")
 SYNCHRONOUS = ("FULL", "NORMAL")
@@ -112,10 +112,14 @@ class Outbox:
         # check_same_thread=False: the daemon thread puts, the sender thread reads and acks; the
         # lock serialises them, which SQLite needs for one connection anyway.
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={self.synchronous}")
-        self._db.executescript(_SCHEMA)
-        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={self.synchronous}")
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
+        except BaseException:
+            self._db.close()
+            raise
         self._depth, self._bytes = int(row[0]), int(row[1])
         self._closed = False
 
@@ -197,7 +201,8 @@ class Outbox:
                     seqs.append(seq)
                 cur.execute("COMMIT")
             except BaseException:
-                cur.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLITE_FULL / IOERR roll back by themselves
+                    cur.execute("ROLLBACK")
                 raise
             self._depth += n - dropped_n
             self._bytes += size - dropped_b
@@ -247,7 +252,8 @@ class Outbox:
                 self._bump("acked", gone_n, cur)
                 cur.execute("COMMIT")
             except BaseException:
-                cur.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLITE_FULL / IOERR roll back by themselves
+                    cur.execute("ROLLBACK")
                 raise
             finally:
                 if self.synchronous != "NORMAL":
@@ -289,6 +295,8 @@ class Outbox:
             self._closed = True
             try:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass  # disk full or I/O error: the WAL keeps every commit; SQLite replays it on open
             finally:
                 self._db.close()
 
@@ -311,3 +319,29 @@ class Outbox:
             (name, int(n)),
         )
 
+
+def is_corrupt(e: BaseException) -> bool:
+    """SQLITE_CORRUPT / SQLITE_NOTADB: Python raises exactly DatabaseError for these (a full disk or an
+    unopenable path is an OperationalError, a subclass)."""
+    return type(e) is sqlite3.DatabaseError
+
+
+def open_outbox(path: Union[str, Path], *args: Any, **kw: Any) -> Tuple[Outbox, Optional[Path]]:
+    """Open the outbox; a file that is not a readable SQLite database is moved aside, not deleted.
+
+    Returns (outbox, where the corrupt file went or None). The moved file (and its -wal / -shm) is
+    kept for inspection; a fresh outbox replaces it so the device keeps detecting. Other errors
+    (unwritable directory, disk full) are raised as they are.
+    """
+    try:
+        return Outbox(path, *args, **kw), None
+    except sqlite3.DatabaseError as e:
+        if not is_corrupt(e):
+            raise
+    path = Path(path)
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    for suffix in ("", "-wal", "-shm"):
+        part = path.with_name(path.name + suffix)
+        if part.exists():
+            part.replace(aside.with_name(aside.name + suffix))
+    return Outbox(path, *args, **kw), aside

@@ -31,6 +31,7 @@ import os
 import queue
 import re
 import socket
+import sqlite3
 import ssl
 import threading
 import time
@@ -393,7 +394,10 @@ class Publisher:
         with self._cv:
             late, self._acked = self._acked, []
         if late:
-            self.outbox.ack_many(late)
+            try:
+                self.outbox.ack_many(late)
+            except sqlite3.Error:
+                pass  # resent after the next start; subscribers drop duplicates by event id
         log.info("mqtt: stopped (%d messages left in the outbox)", self.outbox.depth())
 
     # publishing -----------------------------------------------------------------------------
@@ -643,6 +647,7 @@ class Publisher:
 
     def _send_loop(self) -> None:
         max_inflight = self.cfg.max_inflight
+        failing = False
         while True:
             with self._cv:
                 self._cv.wait_for(
@@ -671,15 +676,32 @@ class Publisher:
                 after = self._last_sent
                 if send:
                     self._kick = False
-            if acks:
-                n = self.outbox.ack_many(acks)
+            try:
+                if acks:
+                    n = self.outbox.ack_many(acks)
+                    with self._cv:
+                        self._counts["acked"] += n
+                if stopping:
+                    return
+                if not send:
+                    continue
+                items = self.outbox.pending(room, after)
+            except sqlite3.Error as e:
+                # Disk full or failing: this thread must outlive it and try again each second.
+                if not failing:
+                    log.error("mqtt: outbox %s unusable, delivery paused: %s", self.outbox.path, e)
+                failing = True
+                if stopping:
+                    return
                 with self._cv:
-                    self._counts["acked"] += n
-            if stopping:
-                return
-            if not send:
+                    self._acked = acks + self._acked  # deleted once the outbox takes writes again
+                    self._kick = True
+                    if self._cv.wait_for(lambda: self._stopping, timeout=1.0):
+                        return
                 continue
-            items = self.outbox.pending(room, after)
+            if failing:
+                log.info("mqtt: outbox %s usable again, delivery resumed", self.outbox.path)
+                failing = False
             for it in items:
                 self._send(it)
             if len(items) == room:

@@ -1,5 +1,6 @@
 import http.server
 import os
+import shutil
 import threading
 import time
 
@@ -53,6 +54,22 @@ def test_directory_move_processes_each_file_once_in_order(tmp_path):
     src.open()  # after a reconnect the unfinished file comes again rather than being lost
     again = _drain(src)
     assert [f.name for f in again] == ["c.JPG"] and again[0].key == frames[2].key
+
+
+@pytest.mark.parametrize("after", ["move", "delete", "keep"])
+def test_directory_retry_hands_the_same_file_out_again_when_due(tmp_path, after):
+    """What the daemon does when the outbox could not store a frame's event (disk full)."""
+    src = _dir_source(tmp_path, after=after)
+    (tmp_path / "in" / "a.jpg").write_bytes(b"x")
+    (first,) = _drain(src, 0.1)
+    t0 = time.monotonic()
+    src.retry(first, 0.4)
+    assert src.read(0.2) is None  # not due yet
+    again = src.read(1.0)
+    assert again is not None and again.key == first.key and time.monotonic() - t0 >= 0.4
+    src.done(again, ok=True)
+    assert _drain(src, 0.1) == [] and (after == "keep") == (tmp_path / "in" / "a.jpg").exists()
+    src.close()
 
 
 @pytest.mark.parametrize("after", ["move", "delete", "keep"])
@@ -136,6 +153,23 @@ def test_directory_vanishes_and_returns(tmp_path):
     src.open()
     (d / "x.jpg").write_bytes(b"1")
     assert src.read(1.0).name == "x.jpg"
+
+
+def test_directory_recreated_between_scans_still_moves_each_file_once(tmp_path):
+    # The folder (and processed/ in it) deleted and re-created between two scans: no read fails, so
+    # the source is never reopened; done() must still move the file, or it is scored again forever.
+    src = _dir_source(tmp_path)
+    d = tmp_path / "in"
+    shutil.rmtree(d)
+    d.mkdir()
+    (d / "x.jpg").write_bytes(b"1")
+    (bad,) = _drain(src)
+    src.done(bad, False)
+    (d / "y.jpg").write_bytes(b"2")
+    (good,) = _drain(src)
+    src.done(good, True)
+    assert _drain(src) == []
+    assert (d / "processed" / "rejected" / "x.jpg").exists() and (d / "processed" / "y.jpg").exists()
 
 
 def test_directory_rejects_oversize_unread(tmp_path):
@@ -272,3 +306,40 @@ def test_opencv_video_file(tmp_path):
 
 def test_directory_source_class():
     assert PLUGINS["directory"] is DirectorySource and DirectorySource.default_interval == 0.0
+
+
+class _Trickle(http.server.BaseHTTPRequestHandler):
+    """Headers at once, then the body a few bytes at a time: every recv is within the socket timeout."""
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        self.send_response(200)
+        self.send_header("Content-Length", "4000")
+        self.end_headers()
+        try:
+            for _ in range(200):
+                self.wfile.write(b"\xff" * 20)
+                self.wfile.flush()
+                time.sleep(0.1)
+        except OSError:
+            pass  # the client gave up
+
+    def log_message(self, *a):
+        pass
+
+
+def test_http_timeout_bounds_the_whole_response():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/snap.jpg"
+        kind, cfg = source_config_from_dict({"type": "http", "url": url, "timeout": 0.5}, "s")
+        src = make_source(kind, cfg, "cam")
+        src.open()
+        t0 = time.monotonic()
+        with pytest.raises(SourceError, match="no complete response within 0.5 s"):
+            src.read(1.0)
+        assert time.monotonic() - t0 < 2.0  # not the 20 s the body takes
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -39,6 +39,15 @@ poll_interval = 0.05
 """
 
 
+def _front_camera_config(tmp_path, device, bundle, broker, outbox=None):
+    """(watched folder, config path) of a daemon with one directory camera, "front"."""
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    cfg = write_config(tmp_path / "edge.toml", device=device, bundle=bundle, broker=broker,
+                       outbox=outbox or tmp_path / "outbox.sqlite", cameras=_dir_camera("front", inbox))
+    return inbox, cfg
+
+
 def _bomb_png(w=100_000, h=100_000) -> bytes:
     """A tiny PNG whose header claims w x h px (10 Gpx): decoding it would need 10 GB."""
     def chunk(kind, data):
@@ -165,10 +174,7 @@ def test_reload_keeps_old_bundle_when_new_is_bad(tmp_path, tiny_bundle, mosquitt
     bundle0, _ = tiny_bundle
     live = tmp_path / "bundle"
     shutil.copytree(bundle0, live)
-    inbox = tmp_path / "in"
-    inbox.mkdir()
-    cfg = write_config(tmp_path / "edge.toml", device="dev3", bundle=live, broker=mosquitto,
-                       outbox=tmp_path / "outbox.sqlite", cameras=_dir_camera("front", inbox))
+    inbox, cfg = _front_camera_config(tmp_path, "dev3", live, mosquitto)
     d = DaemonProc(cfg, tmp_path / "daemon.log")
     rng = np.random.default_rng(5)
     try:
@@ -193,6 +199,105 @@ def test_reload_keeps_old_bundle_when_new_is_bad(tmp_path, tiny_bundle, mosquitt
     finally:
         rc = d.terminate()
     assert rc == 0, d.tail()
+
+
+def test_watched_folder_recreated_while_running(tmp_path, tiny_bundle, mosquitto):
+    # A share remounted between two scans: processed/ is gone but the camera never saw an error.
+    bundle, _ = tiny_bundle
+    inbox, cfg = _front_camera_config(tmp_path, "dev6", bundle, mosquitto)
+    d = DaemonProc(cfg, tmp_path / "daemon.log")
+    rng = np.random.default_rng(6)
+    try:
+        d.wait_for(lambda x: x.get("event") == "started")
+        drop_file(inbox, "a.jpg", encode(anomalous_image(rng), "JPEG"))
+        d.wait_for(lambda x: x.get("event") == "anomaly" and x["image"] == "a.jpg")
+        shutil.rmtree(inbox)
+        inbox.mkdir()
+        drop_file(inbox, "b.jpg", encode(anomalous_image(rng), "JPEG"))
+        d.wait_for(lambda x: x.get("event") == "anomaly" and x["image"] == "b.jpg")
+        time.sleep(1.0)  # before the fix b.jpg stayed put and was scored again every poll
+    finally:
+        rc = d.terminate()
+    assert rc == 0, d.tail()
+    assert [x["image"] for x in d.lines() if x.get("event") == "anomaly"] == ["a.jpg", "b.jpg"]
+    assert [p.name for p in inbox.glob("*.jpg")] == [] and (inbox / "processed" / "b.jpg").exists()
+
+
+def test_corrupt_outbox_is_moved_aside_and_an_unusable_one_exits_1(tmp_path, tiny_bundle, mosquitto):
+    bundle, _ = tiny_bundle
+    outbox = tmp_path / "outbox.sqlite"
+    outbox.write_bytes(b"garbage after a power cut" * 200)
+    inbox, cfg = _front_camera_config(tmp_path, "dev7", bundle, mosquitto, outbox)
+    sub = Subscriber(mosquitto, ["edge-detect/dev7/event/+"], client_id="dev7-sub")
+    assert sub.subscribed.wait(5)
+    d = DaemonProc(cfg, tmp_path / "daemon.log")
+    try:
+        corrupt = d.wait_for(lambda x: x.get("event") == "outbox_corrupt")
+        d.wait_for(lambda x: x.get("event") == "started")
+        drop_file(inbox, "a.jpg", encode(anomalous_image(np.random.default_rng(7)), "JPEG"))
+        assert sub.wait(lambda: len(sub.events()) == 1, 15), d.tail()  # a fresh outbox delivers
+    finally:
+        rc = d.terminate()
+        sub.close()
+    assert rc == 0, d.tail()
+    assert Path(corrupt["moved_to"]).read_bytes() == b"garbage after a power cut" * 200  # kept, not deleted
+    # an outbox that can't be created at all: one line and exit 1, no traceback
+    (tmp_path / "ro").write_text("a file where the outbox folder should be")
+    cfg.write_text(cfg.read_text().replace(str(outbox), str(tmp_path / "ro" / "outbox.sqlite")))
+    d = DaemonProc(cfg, tmp_path / "daemon2.log")
+    assert d.proc.wait(30) == 1
+    assert [x for x in d.lines() if x.get("event") == "outbox_unusable"]
+    assert "Traceback" not in d.log_path.read_text()
+
+
+def test_an_event_the_disk_cannot_store_leaves_its_file_for_a_retry(tmp_path, tiny_bundle, mosquitto, monkeypatch):
+    """The outbox's disk is full twice: the file stays in the folder, is scored again when due, and
+    its event is delivered once, with the event id it would have had."""
+    import sqlite3
+
+    from edge_detect import daemon as daemon_mod
+    from edge_detect.config import load_config
+
+    monkeypatch.setattr(daemon_mod, "STORE_RETRY_S", 0.3)
+    bundle, _ = tiny_bundle
+    inbox, cfg = _front_camera_config(tmp_path, "dev8", bundle, mosquitto)
+    sub = Subscriber(mosquitto, ["edge-detect/dev8/event/+"], client_id="dev8-sub")
+    assert sub.subscribed.wait(5)
+    d = daemon_mod.Daemon(load_config(cfg))
+    failures, seen_in_inbox, errors = [2], [], []
+
+    def feed() -> None:
+        try:
+            deadline = time.monotonic() + 30
+            while (d.publisher is None or not d.publisher.connected) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            real = d.publisher.publish_event
+
+            def disk_full(*args, **kwargs):
+                if failures[0]:
+                    failures[0] -= 1
+                    seen_in_inbox.append((inbox / "a.jpg").exists())  # not moved away before it is stored
+                    raise sqlite3.OperationalError("database or disk is full")
+                return real(*args, **kwargs)
+
+            d.publisher.publish_event = disk_full
+            drop_file(inbox, "a.jpg", encode(anomalous_image(np.random.default_rng(8)), "JPEG"))
+            assert sub.wait(lambda: len(sub.events()) == 1, 20)
+        except BaseException as e:  # reported after the daemon stopped
+            errors.append(e)
+        finally:
+            d.request_stop()
+
+    t = threading.Thread(target=feed, daemon=True)
+    t.start()
+    rc = d.run()
+    t.join(5)
+    sub.close()
+    assert not errors, errors
+    assert rc == 0 and d.events_refused == 2 and d.events == 1 and seen_in_inbox == [True, True]
+    (ev,) = sub.events()
+    assert ev["extra"]["image"] == "a.jpg"
+    assert not (inbox / "a.jpg").exists() and (inbox / "processed" / "a.jpg").exists()
 
 
 def test_systemd_notify_and_watchdog(tmp_path, tiny_bundle, mosquitto):

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from edge_detect.outbox import Message, Outbox, OutboxFull
+from edge_detect.outbox import Message, Outbox, OutboxFull, open_outbox
 
 
 def test_order_ack_and_reopen(tmp_path):
@@ -57,6 +57,36 @@ def test_byte_cap_and_reject_new(tmp_path):
         ob.put("d", b"w" * 101)
     st = ob.stats()
     assert st["rejected"] == 2 and st["dropped"] == 0 and st["depth"] == 2
+
+
+def test_disk_full_raises_the_real_error_and_recovers(tmp_path):
+    ob = Outbox(tmp_path / "ob.sqlite")
+    ob.put("t/0", b"x")
+    pages = ob._db.execute("PRAGMA page_count").fetchone()[0]
+    ob._db.execute(f"PRAGMA max_page_count={pages}")  # SQLITE_FULL, as on a full disk
+    with pytest.raises(sqlite3.OperationalError, match="full"):  # not "cannot rollback"
+        ob.put_many([Message(f"t/{i}", b"y" * 5000) for i in range(20)])
+    assert ob.depth() == 1 and len(ob.pending()) == 1
+    ob._db.execute("PRAGMA max_page_count=1073741823")  # space freed
+    ob.put("t/1", b"z")
+    assert [it.topic for it in ob.pending()] == ["t/0", "t/1"]
+    ob.close()
+
+
+def test_corrupt_file_is_moved_aside(tmp_path):
+    path = tmp_path / "ob.sqlite"
+    path.write_bytes(b"not a database" * 100)
+    ob, aside = open_outbox(path)
+    assert aside is not None and aside.read_bytes() == b"not a database" * 100
+    assert aside.name.startswith("ob.sqlite.corrupt-")
+    ob.put("t/0", b"x")
+    ob.close()
+    ob, aside = open_outbox(path)  # a good file is opened as it is
+    assert aside is None and ob.depth() == 1
+    ob.close()
+    (tmp_path / "dir").write_text("a file where a folder should be")
+    with pytest.raises(OSError):
+        open_outbox(tmp_path / "dir" / "ob.sqlite")
 
 
 def test_bad_arguments(tmp_path):

@@ -75,6 +75,11 @@ class Source:
         camera thread may be in ``read``: state both touch must stay consistent at every step.
         """
 
+    def retry(self, frame: Frame, after_s: float) -> None:
+        """The daemon could not finish with ``frame`` (its event could not be stored): hand it out
+        again in ``after_s`` s if the source still has it. Streams cannot, so the default does
+        nothing. Same thread rules as ``done``."""
+
     def close(self) -> None:
         """Release the camera; safe to call twice."""
 

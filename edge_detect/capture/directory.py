@@ -129,6 +129,7 @@ class DirectorySource(Source):
         self._queued: Set[str] = set()
         self._pending: Dict[str, Tuple[_Sig, float]] = {}  # name -> (signature, first seen monotonic)
         self._in_flight: Set[str] = set()
+        self._retry_at: Dict[str, float] = {}  # name -> monotonic s before which it stays out
         self._record: Optional[ProcessedRecord] = None
         self._last_scan = 0.0
 
@@ -170,6 +171,11 @@ class DirectorySource(Source):
                 name = entry.name
                 if name in self._queued or name in self._in_flight or not self._wanted(name):
                     continue
+                due = self._retry_at.get(name)
+                if due is not None:
+                    if now_mono < due:
+                        continue
+                    self._retry_at.pop(name, None)
                 try:
                     if not entry.is_file():  # a symlink to a file counts (staging areas use them)
                         continue
@@ -247,6 +253,10 @@ class DirectorySource(Source):
                 src.unlink(missing_ok=True)
             elif self.cfg.after == "move":
                 dest = self.move_to if ok else self.move_to / "rejected"
+                if not dest.is_dir():
+                    # Deleted while running (the watched folder removed and re-created between two
+                    # scans): without it the move fails, the file stays and is scored again forever.
+                    dest.mkdir(parents=True, exist_ok=True)
                 shutil.move(src, dest / name)  # rename, or copy+delete across filesystems
             elif self._record is not None:
                 self._record.add(name, *sig)
@@ -259,12 +269,19 @@ class DirectorySource(Source):
             # between this and the move would find the file unclaimed and hand it out a second time.
             self._in_flight.discard(name)
 
+    def retry(self, frame: Frame, after_s: float) -> None:
+        name, _ = frame.token
+        # In this order: a scan in between sees the file either in flight or not yet due.
+        self._retry_at[name] = time.monotonic() + after_s
+        self._in_flight.discard(name)
+
     def close(self) -> None:
         # Files read but not done are listed again on reopen: processing them twice beats losing them.
         self._ready.clear()
         self._queued.clear()
         self._pending.clear()
         self._in_flight.clear()
+        self._retry_at.clear()
         if self._record is not None:
             self._record.close()
             self._record = None

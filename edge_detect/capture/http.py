@@ -114,9 +114,21 @@ class HttpSource(Source):
     def read(self, timeout: float) -> Optional[Frame]:
         assert self._opener is not None, "open() first"
         t = time.time()
+        deadline = time.monotonic() + self.cfg.timeout
         try:
             with self._opener.open(self.cfg.url, timeout=self.cfg.timeout) as resp:
-                data = resp.read(self.cfg.max_bytes + 1)
+                # The socket timeout bounds each recv only: a camera that trickles its body would
+                # hold the capture thread (and stall detection, and shutdown) for minutes.
+                chunks, n = [], 0
+                while n <= self.cfg.max_bytes:
+                    if time.monotonic() > deadline:
+                        raise SourceError(f"{self._shown}: no complete response within {self.cfg.timeout:g} s")
+                    chunk = resp.read1(min(65536, self.cfg.max_bytes + 1 - n))
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    n += len(chunk)
+                data = b"".join(chunks)
         except urllib.error.HTTPError as e:
             raise SourceError(f"{self._shown}: HTTP {e.code} {e.reason}") from None
         except (urllib.error.URLError, OSError, ValueError) as e:
