@@ -56,6 +56,21 @@ def test_directory_move_processes_each_file_once_in_order(tmp_path):
     assert [f.name for f in again] == ["c.JPG"] and again[0].key == frames[2].key
 
 
+def test_directory_a_file_that_cannot_be_moved_is_not_scored_again_until_it_changes(tmp_path):
+    src = _dir_source(tmp_path)
+    d = tmp_path / "in"
+    (d / "a.jpg").write_bytes(b"x")
+    (first,) = _drain(src, 0.1)
+    shutil.rmtree(d / "processed")
+    (d / "processed").write_text("a file where the folder should be")  # the move can only fail
+    with pytest.raises(SourceError, match="cannot move"):
+        src.done(first, ok=True)
+    assert _drain(src, 0.2) == []  # before: handed out (and its event sent) again every poll
+    (d / "a.jpg").write_bytes(b"new content")  # a new capture under the same name is a new file
+    assert [f.data for f in _drain(src, 0.2)] == [b"new content"]
+    src.close()
+
+
 @pytest.mark.parametrize("after", ["move", "delete", "keep"])
 def test_directory_retry_hands_the_same_file_out_again_when_due(tmp_path, after):
     """What the daemon does when the outbox could not store a frame's event (disk full)."""

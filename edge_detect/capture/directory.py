@@ -130,6 +130,7 @@ class DirectorySource(Source):
         self._pending: Dict[str, Tuple[_Sig, float]] = {}  # name -> (signature, first seen monotonic)
         self._in_flight: Set[str] = set()
         self._retry_at: Dict[str, float] = {}  # name -> monotonic s before which it stays out
+        self._stuck: Dict[str, _Sig] = {}  # done, but could not be moved or deleted: skip while unchanged
         self._record: Optional[ProcessedRecord] = None
         self._last_scan = 0.0
 
@@ -184,6 +185,8 @@ class DirectorySource(Source):
                     continue  # vanished between listing and stat
                 sig = (st.st_size, st.st_mtime_ns)
                 if self._record is not None and (name, *sig) in self._record:
+                    continue
+                if self._stuck.get(name) == sig:
                     continue
                 seen.add(name)
                 old = self._pending.get(name)
@@ -263,6 +266,8 @@ class DirectorySource(Source):
         except FileNotFoundError:
             pass
         except OSError as e:
+            # Else it is listed again next poll and scored (and its event sent) again and again.
+            self._stuck[name] = sig
             raise SourceError(f"cannot {self.cfg.after} {src}: {e.strerror or e}") from None
         finally:
             # Only now: done() runs on the daemon's thread while the camera thread scans, and a scan
