@@ -36,6 +36,7 @@ from .capture import Frame, Source, SourceError, make_source
 from .config import CameraConfig, Config, camera_interval
 from .decision import Decision
 from .detector import Detector
+from .logs import event as _ev
 from .notify import Notifier
 from .preprocess import ImageError, Preprocess
 from .runtime import AcceleratorRequired
@@ -46,11 +47,6 @@ EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_MODEL = 0, 1, 2, 3
 LATENCY_WINDOW = 4096  # frames kept for latency percentiles
 STORE_RETRY_S = 5.0  # s before a frame whose event the outbox could not store is read again
 _EVENT_NS = uuid.UUID("6f1b8f52-3c1e-4c57-9a55-2f0e6d1de7a1")
-
-
-def _ev(name: str, **fields: Any) -> Dict[str, Any]:
-    """``extra=`` for a structured log line with an ``event`` key."""
-    return {"fields": {"event": name, **fields}}
 
 
 def stable_event_id(device: str, camera: str, key: str, t_capture: float) -> str:
@@ -745,11 +741,11 @@ class Daemon:
     def publish_stats(self) -> None:
         s = self.stats()
         if self.cfg.stats.log:
-            log.info("stats", extra={"fields": {"event": "stats", **s}})
+            log.info("stats", extra=_ev("stats", **s))
         try:
             self.publisher.publish_stats(s)
         except Exception as e:  # stats are QoS 0 and best effort; never worth stopping for
-            log.warning("stats not published: %s", e)
+            log.warning("stats not published: %s", e, extra=_ev("stats_not_published", error=str(e)))
         self.notifier.status(self._status_line(s))
 
     def _status_line(self, s: Optional[Dict[str, Any]] = None) -> str:

@@ -15,6 +15,11 @@ from typing import Any, Dict
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
+def event(name: str, /, **fields: Any) -> Dict[str, Any]:
+    """``extra=`` for a structured log line with an ``event`` key (names: docs/SERVICE.md)."""
+    return {"fields": {"event": name, **fields}}
+
+
 def _fields(record: logging.LogRecord) -> Dict[str, Any]:
     out: Dict[str, Any] = {
         "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",

@@ -45,6 +45,7 @@ from paho.mqtt.properties import Properties
 
 from . import __version__
 from .events import check_level, iso_utc
+from .logs import event as _ev
 from .outbox import Item, Message, Outbox
 
 log = logging.getLogger("edge_detect.publisher")
@@ -565,9 +566,11 @@ class Publisher:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
             # e.g. "Not authorized" / "Bad user name or password": paho keeps retrying with backoff.
-            log.error("mqtt: broker %s:%d refused the connection: %s", self.cfg.host, self.cfg.port, reason)
+            log.error("mqtt: broker %s:%d refused the connection: %s", self.cfg.host, self.cfg.port, reason,
+                      extra=_ev("mqtt_refused", broker=f"{self.cfg.host}:{self.cfg.port}", reason=str(reason)))
             return
-        log.info("mqtt: connected to %s:%d", self.cfg.host, self.cfg.port)
+        log.info("mqtt: connected to %s:%d", self.cfg.host, self.cfg.port,
+                 extra=_ev("mqtt_connected", broker=f"{self.cfg.host}:{self.cfg.port}"))
         self._publish_direct(self.status_topic, b"online", qos=1, retain=True)
         client.subscribe(self.cmd_topic, qos=1)
         self.publish_discovery()
@@ -589,7 +592,9 @@ class Publisher:
                 self._counts["disconnects"] += 1
             self._cv.notify_all()
         if was and not self._stopping:
-            log.warning("mqtt: disconnected (%s); %d messages in the outbox", reason, self.outbox.depth())
+            depth = self.outbox.depth()
+            log.warning("mqtt: disconnected (%s); %d messages in the outbox", reason, depth,
+                        extra=_ev("mqtt_disconnected", reason=str(reason), outbox_depth=depth))
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
         refused = reason is not None and getattr(reason, "is_failure", False)
@@ -605,7 +610,8 @@ class Publisher:
                 # An MQTT 5 PUBACK with an error (not authorised, quota...): resending cannot succeed,
                 # and keeping it would block everything behind it. Count it and let it go.
                 self._counts["refused"] += 1
-                log.error("mqtt: broker refused outbox message %d: %s", seq, reason)
+                log.error("mqtt: broker refused outbox message %d: %s", seq, reason,
+                          extra=_ev("message_refused", seq=seq, reason=str(reason)))
             self._acked.append(seq)
             self._kick = True
             self._cv.notify_all()
@@ -615,12 +621,14 @@ class Publisher:
             return
         if msg.retain:
             # A retained "capture now" would fire again on every reconnect.
-            log.warning("mqtt: ignoring a retained command on %s", msg.topic)
+            log.warning("mqtt: ignoring a retained command on %s", msg.topic,
+                        extra=_ev("command_ignored", topic=msg.topic, error="retained"))
             return
         try:
             cmd = json.loads(msg.payload)
         except (ValueError, UnicodeDecodeError):
-            log.warning("mqtt: command on %s is not JSON (%d bytes)", msg.topic, len(msg.payload))
+            log.warning("mqtt: command on %s is not JSON (%d bytes)", msg.topic, len(msg.payload),
+                        extra=_ev("command_ignored", topic=msg.topic, error="not JSON"))
             self.report({"cmd": None}, False, "command is not JSON")
             return
         if not isinstance(cmd, dict) or not isinstance(cmd.get("cmd"), str):
@@ -666,7 +674,8 @@ class Publisher:
                         self._resend_since = None
                     elif time.monotonic() - self._resend_since > self.RESEND_WAIT_S:
                         log.warning("mqtt: %d in-flight messages not acknowledged after reconnect; resending "
-                                    "from the outbox", len(self._inflight))
+                                    "from the outbox", len(self._inflight),
+                                    extra=_ev("mqtt_resend", messages=len(self._inflight)))
                         self._inflight.clear()
                         self._last_sent = 0
                         self._resend_since = None
@@ -689,7 +698,8 @@ class Publisher:
             except sqlite3.Error as e:
                 # Disk full or failing: this thread must outlive it and try again each second.
                 if not failing:
-                    log.error("mqtt: outbox %s unusable, delivery paused: %s", self.outbox.path, e)
+                    log.error("mqtt: outbox %s unusable, delivery paused: %s", self.outbox.path, e,
+                              extra=_ev("delivery_paused", path=str(self.outbox.path), error=str(e)))
                 failing = True
                 if stopping:
                     return
@@ -700,7 +710,8 @@ class Publisher:
                         return
                 continue
             if failing:
-                log.info("mqtt: outbox %s usable again, delivery resumed", self.outbox.path)
+                log.info("mqtt: outbox %s usable again, delivery resumed", self.outbox.path,
+                         extra=_ev("delivery_resumed", path=str(self.outbox.path)))
                 failing = False
             for it in items:
                 self._send(it)
@@ -720,7 +731,8 @@ class Publisher:
             info = self.client.publish(it.topic, it.payload, qos=it.qos, retain=it.retain, properties=props)
         except (ValueError, TypeError) as e:
             # Only a malformed row gets here (it can never be sent); drop it rather than block the queue.
-            log.error("mqtt: cannot publish outbox message %d on %s: %s; dropping it", it.seq, it.topic, e)
+            log.error("mqtt: cannot publish outbox message %d on %s: %s; dropping it", it.seq, it.topic, e,
+                      extra=_ev("message_dropped", seq=it.seq, topic=it.topic, error=str(e)))
             with self._cv:
                 self._counts["refused"] += 1
                 self._acked.append(it.seq)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 from .bundle import MANIFEST, BundleError, load_bundle, unpack
+from .logs import event
 from .signing import SIGNATURE, TrustedKey, verify_signature
 
 log = logging.getLogger("edge_detect.update")
@@ -294,14 +295,13 @@ class Updater:
         body["path"] = installed.path.name
         self._publish(cmd, body)
         log.info("update installed: %s (was %s), signed by %s", installed.version, installed.previous,
-                 installed.signed_by, extra={"fields": {"event": "update_installed", **body}})
+                 installed.signed_by, extra=event("update_installed", **body))
         self.report(cmd, True, f"installed {installed.version}", update=body)
 
     def _refuse(self, cmd: Mapping[str, Any], reason: str) -> None:
         self.counts["refused"] += 1
         body = {"state": "refused", "reason": reason}
-        log.error("update refused: %s", reason, extra={"fields": {"event": "update_refused", "reason": reason,
-                                                                  "id": cmd.get("id")}})
+        log.error("update refused: %s", reason, extra=event("update_refused", reason=reason, id=cmd.get("id")))
         self._publish(cmd, body)
         self.report(cmd, False, f"update refused: {reason}", update=body)
 
@@ -311,7 +311,7 @@ class Updater:
         try:
             self.status(body)
         except Exception as e:  # the command result still goes out
-            log.warning("update status not published: %s", e)
+            log.warning("update status not published: %s", e, extra=event("update_status_not_published", error=str(e)))
 
     def _assemble(self, cmd: Mapping[str, Any]) -> Optional[bytes]:
         """The whole archive once every part is there; None while parts are missing. Raises BundleError."""

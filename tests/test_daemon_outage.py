@@ -81,3 +81,6 @@ poll_interval = 0.05
         sub.close()
     assert rc == 0
     assert not list(inbox.glob("*.jpg"))  # every file was processed and moved
+    # Through the outage, every warning and error line says what happened in its "event" key.
+    unnamed = [x["msg"] for x in d.lines() if x.get("level") in ("warning", "error") and "event" not in x]
+    assert unnamed == [] and any(x.get("event") == "mqtt_connected" for x in d.lines())

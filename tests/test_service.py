@@ -128,3 +128,15 @@ def test_runtime_tolerates_memory_deny_write_execute(mdwx_exec, tiny_bundle, tmp
     assert r.returncode == 0, r.stdout + r.stderr
     verdicts = [__import__("json").loads(line)["anomalous"] for line in r.stdout.splitlines() if line.startswith("{")]
     assert verdicts == [False, True]
+
+
+def test_every_log_event_is_documented_and_every_documented_one_exists():
+    """docs/SERVICE.md's "Log events" table against the names the device code logs."""
+    code = "".join(f.read_text() for f in (ROOT / "edge_detect").rglob("*.py"))
+    used = set(re.findall(r'(?:_ev|\bevent)\("([a-z_]+)"', code))
+    announced = re.findall(r'_announce_model\("([a-z]+)"\)', code)  # logged as "model_" + what
+    used = {n for n in used if n != "model_"} | {"model_" + w for w in announced}
+    doc = (ROOT / "docs" / "SERVICE.md").read_text().split("## Log events", 1)[1].split("\n## ", 1)[0]
+    documented = {n for row in doc.splitlines() if row.startswith("| `")
+                  for n in re.findall(r"`([a-z_]+)`", row.split("|")[1])}
+    assert used == documented, (sorted(used - documented), sorted(documented - used))
