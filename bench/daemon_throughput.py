@@ -228,7 +228,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 rows.append({"run": r + 1, "bare_fps": bare["fps"], "daemon_fps": d["fps"],
                              "ratio": round(d["fps"] / bare["fps"], 3),
                              "bare_cpu_ms": bare["cpu_ms_per_frame"], "daemon_cpu_ms": d["cpu_ms_per_frame"],
-                             "cpu_ratio": round(bare["cpu_ms_per_frame"] / d["cpu_ms_per_frame"], 3),
+                             # /proc counts CPU in 10 ms ticks: a short run can measure 0 (no ratio then).
+                             "cpu_ratio": round(bare["cpu_ms_per_frame"] / d["cpu_ms_per_frame"], 3)
+                             if d["cpu_ms_per_frame"] > 0 else None,
                              "daemon_peak_rss_mb": d["peak_rss_mb"],
                              "daemon_p50_ms": d["latency_ms"]["p50"], "rejected": d["rejected"],
                              "window_frames": d["window_frames"]})
@@ -238,8 +240,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         common.print_table(rows)
         best = max(rows, key=lambda x: x["ratio"])
         med_ratio = statistics.median(x["ratio"] for x in rows)
-        cpu_ratio = statistics.median(x["cpu_ratio"] for x in rows)
-        print(f"CPU-time ratio (bare ms/frame / daemon ms/frame, all threads) median {cpu_ratio:.3f}")
+        measured = [x["cpu_ratio"] for x in rows if x["cpu_ratio"] is not None]
+        cpu_ratio = statistics.median(measured) if measured else None
+        print("CPU-time ratio (bare ms/frame / daemon ms/frame, all threads) median "
+              + (f"{cpu_ratio:.3f}" if cpu_ratio is not None else "not measured (run too short for 10 ms ticks)"))
         print(f"ratio best {best['ratio']:.3f}, median {med_ratio:.3f} (target >= 0.80); "
               f"peak RSS {max(x['daemon_peak_rss_mb'] for x in rows):.1f} MB (target < 150); "
               f"first event {fe['first_event_s']} s after start (target < 2), daemon start-up "

@@ -56,7 +56,9 @@ def test_daemon_throughput_bench(given: bool, smoke_bundle: Path, shared_data_ti
     (d,) = runs
     assert d["frames"] == 12 and d["rejected"] == 0 and row["rejected"] == 0 and d["exit_code"] == 0
     assert row["bare_fps"] > 0 and row["daemon_fps"] > 0 and row["ratio"] > 0
-    assert row["bare_cpu_ms"] > 0 and row["daemon_cpu_ms"] > 0 and row["daemon_peak_rss_mb"] > 10
+    # CPU time comes in 10 ms ticks: 12 tiny frames may measure 0, and then there is no ratio.
+    assert row["bare_cpu_ms"] >= 0 and row["daemon_cpu_ms"] >= 0 and row["daemon_peak_rss_mb"] > 10
+    assert (row["cpu_ratio"] is None) == (row["daemon_cpu_ms"] == 0)
     assert row["daemon_p50_ms"] > 0 and 0 < row["window_frames"] <= 12
     fe = doc["first_event"]
     assert fe["first_event_s"] is not None and fe["first_event_s"] > 0 and fe["daemon_startup_ms"] > 0
