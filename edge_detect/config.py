@@ -32,6 +32,8 @@ TRIGGERS = ("interval", "mqtt")
 OUTBOX_POLICIES = ("drop_oldest", "reject_new")
 
 
+MAX_QUEUE = 1000  # frames per camera
+
 @dataclass(frozen=True)
 class DeviceConfig:
     """id: the device's name in topics and events. log_format: json or kv (key=value). log_level."""
@@ -195,8 +197,9 @@ class CameraConfig:
             p["cooldown"] = f"must be >= 0 s, got {self.cooldown}"
         if self.stall_timeout is not None and self.stall_timeout <= 0:
             p["stall_timeout"] = f"must be > 0 s, got {self.stall_timeout}"
-        if self.queue < 1:
-            p["queue"] = f"must be >= 1, got {self.queue}"
+        if not 1 <= self.queue <= MAX_QUEUE:
+            # Each queued frame is held decoded-size in memory: 1,000 1080p RGB frames are 6 GB.
+            p["queue"] = f"must be 1..{MAX_QUEUE} frames, got {self.queue}"
         return p
 
 

@@ -101,7 +101,8 @@ class TFLiteModel:
                     msg = f"{e}; require_accelerator is set, so not falling back to the CPU"
                     raise AcceleratorRequired(msg) from None
                 self.fallback = str(e)
-                log.warning("%s; falling back to the CPU", e)
+                # debug: the caller reports it (the daemon's accelerator_fallback line, ``.fallback``)
+                log.debug("%s; falling back to the CPU", e)
         self._interp = interpreter_cls(
             model_path=self.path, num_threads=num_threads, experimental_delegates=delegates or None
         )

@@ -78,6 +78,7 @@ def test_every_problem_is_named_with_key_and_file(tmp_path):
         (('name = "front"', 'name = "front/left"'), "cameras[0].name"),
         (('name = "front"', 'name = "front"\nroi = [1, 2, 3]'), "cameras[0].roi: must be array of 4"),
         (('name = "front"', 'name = "front"\ndebounce_n = 3\ndebounce_m = 2'), "cameras[0].debounce_n"),
+        (('name = "front"', 'name = "front"\nqueue = 99999999999'), "cameras[0].queue: must be 1..1000 frames"),
         (('name = "front"', 'name = "front"\nthreshold = "high"'), "cameras[0].threshold: must be number"),
         (('type = "directory"', 'type = "ftp"'), "cameras[0].source.type: must be one of directory, http, opencv"),
         (('path = "/srv/ftp/front"', 'path = "/srv/ftp/front"\nafter = "archive"'), "cameras[0].source.after"),
