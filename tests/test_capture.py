@@ -233,6 +233,33 @@ def test_http_snapshot(http_server):
     assert f.data == _Handler.body and f.name == url
 
 
+def test_https_snapshot_checks_the_camera_certificate(tmp_path):
+    import ssl
+
+    from tls_helpers import self_signed
+
+    cert, key = self_signed(tmp_path / "tls")
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{srv.server_address[1]}/snap.jpg"
+    try:
+        for opts, ok in (({"ca_file": str(cert)}, True), ({}, False), ({"verify_tls": False}, True)):
+            kind, cfg = source_config_from_dict({"type": "http", "url": url, "timeout": 2.0, **opts}, "s")
+            src = make_source(kind, cfg, "cam")
+            src.open()
+            if ok:
+                assert src.read(1.0).data == _Handler.body, opts
+            else:  # the system CAs don't know this camera's certificate
+                with pytest.raises(SourceError, match="CERTIFICATE_VERIFY_FAILED"):
+                    src.read(1.0)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_http_basic_auth_password_from_env(http_server, monkeypatch):
     import base64
 
@@ -342,8 +369,22 @@ class _Trickle(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_http_timeout_bounds_the_whole_response():
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
+class _TrickleHeaders(_Trickle):
+    """The status line and headers a byte at a time: no recv ever waits for the socket timeout."""
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        try:
+            for b in b"HTTP/1.0 200 OK\r\nContent-Type: image/jpeg\r\nX-Padding: " + b"p" * 200:
+                self.wfile.write(bytes([b]))
+                self.wfile.flush()
+                time.sleep(0.1)
+        except OSError:
+            pass  # the client gave up
+
+
+@pytest.mark.parametrize("handler", [_Trickle, _TrickleHeaders], ids=["body", "headers"])
+def test_http_timeout_bounds_the_whole_response(handler):
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     srv.daemon_threads = True
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:

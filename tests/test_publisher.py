@@ -283,29 +283,12 @@ def test_discovery_and_commands(mosquitto, tmp_path):
     pub.stop()
 
 
-def _self_signed_ca(path):
-    """A PEM CA certificate the ssl module loads (the config loads the TLS files it is given)."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-ca")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return path
-
-
 def test_config_validation_errors(tmp_path):
     ok = MqttConfig.from_dict({"host": "broker", "protocol": 5, "username": "u", "password_env": "EDGE_PW"})
     assert ok.protocol == "5" and ok.port == 1883 and ok.topic_prefix == "edge-detect"
-    ca = _self_signed_ca(tmp_path / "ca.pem")
+    from tls_helpers import self_signed
+
+    ca, _ = self_signed(tmp_path / "tls")
     assert MqttConfig.from_dict({"tls": {"ca_file": str(ca)}}).port == 8883
     notes = tmp_path / "notes.pem"
     notes.write_text("x")

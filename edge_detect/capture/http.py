@@ -7,8 +7,11 @@ their userinfo).
 
 from __future__ import annotations
 
+import http.client
 import os
+import socket
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -59,6 +62,50 @@ class HttpConfig(SourceConfig):
         return p
 
 
+class _Tracked:
+    """The socket of the request in flight, so a watchdog can cut the request off at its deadline."""
+
+    def __init__(self) -> None:
+        self.sock: Optional[socket.socket] = None
+        self.cut = False
+
+    def connection(self, base: type) -> type:
+        tracked = self
+
+        class Connection(base):  # type: ignore[misc, valid-type]
+            def connect(self) -> None:
+                super().connect()
+                tracked.sock = self.sock
+
+        return Connection
+
+    def cut_off(self) -> None:
+        sock, self.cut = self.sock, True
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked recv in the capture thread
+            except OSError:
+                pass
+
+
+class _HttpHandler(urllib.request.HTTPHandler):
+    def __init__(self, tracked: _Tracked) -> None:
+        super().__init__()
+        self._conn = tracked.connection(http.client.HTTPConnection)
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self._conn, req)
+
+
+class _HttpsHandler(urllib.request.HTTPSHandler):
+    def __init__(self, tracked: _Tracked, context: ssl.SSLContext) -> None:
+        super().__init__(context=context)
+        self._conn = tracked.connection(http.client.HTTPSConnection)
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self._conn, req, context=self._context)
+
+
 def redact(url: str) -> str:
     """The URL without user:password@, for logs."""
     parts = urllib.parse.urlsplit(url)
@@ -81,6 +128,7 @@ class HttpSource(Source):
         self.cfg = config
         self._opener: Optional[urllib.request.OpenerDirector] = None
         self._shown = redact(config.url)
+        self._tracked = _Tracked()
 
     def _password(self) -> str:
         if self.cfg.password_file:
@@ -96,13 +144,13 @@ class HttpSource(Source):
         return ""
 
     def open(self) -> None:
-        handlers: list = []
+        handlers: list = [_HttpHandler(self._tracked)]
         if self.cfg.url.startswith("https"):
             ctx = ssl.create_default_context(cafile=self.cfg.ca_file or None)
             if not self.cfg.verify_tls:
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE
-            handlers.append(urllib.request.HTTPSHandler(context=ctx))
+            handlers.append(_HttpsHandler(self._tracked, ctx))
         if self.cfg.auth != "none":
             mgr = urllib.request.HTTPPasswordMgrWithDefaultRealm()
             mgr.add_password(None, self.cfg.url, self.cfg.username, self._password())
@@ -114,26 +162,27 @@ class HttpSource(Source):
     def read(self, timeout: float) -> Optional[Frame]:
         assert self._opener is not None, "open() first"
         t = time.time()
-        deadline = time.monotonic() + self.cfg.timeout
+        # The socket timeout bounds each recv only: a camera that trickles its headers or body would
+        # hold the capture thread (and stall detection, and shutdown) for minutes. The watchdog
+        # shuts the socket down at the deadline, which ends any recv at once.
+        self._tracked.sock, self._tracked.cut = None, False
+        watchdog = threading.Timer(self.cfg.timeout, self._tracked.cut_off)
+        watchdog.daemon = True
+        watchdog.start()
         try:
             with self._opener.open(self.cfg.url, timeout=self.cfg.timeout) as resp:
-                # The socket timeout bounds each recv only: a camera that trickles its body would
-                # hold the capture thread (and stall detection, and shutdown) for minutes.
-                chunks, n = [], 0
-                while n <= self.cfg.max_bytes:
-                    if time.monotonic() > deadline:
-                        raise SourceError(f"{self._shown}: no complete response within {self.cfg.timeout:g} s")
-                    chunk = resp.read1(min(65536, self.cfg.max_bytes + 1 - n))
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                    n += len(chunk)
-                data = b"".join(chunks)
+                data = resp.read(self.cfg.max_bytes + 1)
         except urllib.error.HTTPError as e:
             raise SourceError(f"{self._shown}: HTTP {e.code} {e.reason}") from None
-        except (urllib.error.URLError, OSError, ValueError) as e:
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
+            if self._tracked.cut:
+                raise SourceError(f"{self._shown}: no complete response within {self.cfg.timeout:g} s") from None
             reason = getattr(e, "reason", None) or e
             raise SourceError(f"{self._shown}: {reason}") from None
+        finally:
+            watchdog.cancel()
+        if self._tracked.cut:  # cut just as the last bytes came: they may be short
+            raise SourceError(f"{self._shown}: no complete response within {self.cfg.timeout:g} s")
         if len(data) > self.cfg.max_bytes:
             data = b""  # refused: the daemon counts an empty frame as a rejected image
         return Frame(data=data, t_capture=t, name=self._shown)
