@@ -412,6 +412,7 @@ class Daemon:
         self.rejected = 0
         self.errors = 0
         self.events_refused = 0
+        self._outbox_error: Optional[str] = None  # the last outbox_restore_failed, logged once
         self.reloads = {"ok": 0, "failed": 0, "last_error": None, "last_at": None}
         self.started = time.monotonic()
         self.first_event_s: Optional[float] = None
@@ -555,8 +556,25 @@ class Daemon:
             log.warning("accelerator fallback: running on the CPU because %s", fb,
                         extra=_ev("accelerator_fallback", reason=fb))
 
+    def _check_outbox(self) -> None:
+        """The outbox file deleted or replaced under the running daemon (an operator's ``rm``, a
+        cleanup script): write it out again with every pending message, and say so once."""
+        try:
+            what = self.outbox.restore_if_gone()
+        except (sqlite3.Error, OSError) as e:
+            if self._outbox_error != str(e):
+                self._outbox_error = str(e)
+                log.error("outbox %s was deleted or replaced and cannot be written again: %s", self.outbox.path, e,
+                          extra=_ev("outbox_restore_failed", path=str(self.outbox.path), error=str(e)))
+            return
+        if what:
+            self._outbox_error = None
+            log.warning("%s", what, extra=_ev("outbox_restored", path=str(self.outbox.path),
+                                               outbox_depth=self.outbox.depth()))
+
     def _loop(self) -> None:
         next_stats = time.monotonic() + self.cfg.stats.interval
+        next_outbox = time.monotonic() + 1.0
         next_watch = time.monotonic() + self.cfg.model.watch_interval
         stats_every = self.cfg.stats.interval
         notifier = self.notifier
@@ -574,6 +592,9 @@ class Daemon:
                 next_watch = now + self.cfg.model.watch_interval
                 if bundle_signature(Path(self.cfg.model.bundle)) not in ((), self.model.signature):
                     self.reload("new bundle")
+            if now >= next_outbox:
+                next_outbox = now + 1.0
+                self._check_outbox()
             if now >= next_stats or self._stats_now:
                 self._stats_now = False
                 next_stats = now + stats_every
@@ -586,6 +607,8 @@ class Daemon:
         det = model.detector
         t0 = time.perf_counter()
         try:
+            if frame.rejected is not None:
+                raise ImageError(frame.rejected)
             x = model.preprocess[camera](frame.data)
             t1 = time.perf_counter()
             xb = x[None]
@@ -649,6 +672,7 @@ class Daemon:
         event = build_event(device=self.device, camera=cam.name, score=verdict.score, normalised=verdict.normalised,
                             threshold=verdict.threshold, anomalous=verdict.anomalous, model=self.model.info,
                             captured_at=frame.t_capture, latency_ms=timings, event_id=eid, extra=extra)
+        self._check_outbox()  # one stat(): an event must not go into a deleted file
         try:
             self.publisher.publish_event(event, snap, heat)
         except (OutboxFull, sqlite3.Error) as e:  # full by policy, or the disk is full / failing
@@ -770,6 +794,7 @@ class Daemon:
                 pass
             self.publisher.stop(clean=True)
         if self.outbox is not None:
+            self._check_outbox()
             self.outbox.close()
         if self.model is not None and self.model.extracted:
             shutil.rmtree(self.model.extracted, ignore_errors=True)

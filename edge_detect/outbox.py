@@ -29,6 +29,7 @@ A group larger than the cap on its own is always refused. Counters persist in th
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -109,19 +110,65 @@ class Outbox:
         self.policy = policy
         self.synchronous = synchronous.upper()
         self._lock = threading.Lock()
-        # check_same_thread=False: the daemon thread puts, the sender thread reads and acks; the
-        # lock serialises them, which SQLite needs for one connection anyway.
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={self.synchronous}")
-            self._db.executescript(_SCHEMA)
-            row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
-        except BaseException:
-            self._db.close()
-            raise
+        self._db, row = self._connect()
         self._depth, self._bytes = int(row[0]), int(row[1])
         self._closed = False
+
+    def _connect(self) -> Tuple[sqlite3.Connection, Tuple[int, int]]:
+        # check_same_thread=False: the daemon thread puts, the sender thread reads and acks; the
+        # lock serialises them, which SQLite needs for one connection anyway.
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self.synchronous}")
+            db.executescript(_SCHEMA)
+            row = db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
+            self._file = _file_id(self.path)
+        except BaseException:
+            db.close()
+            raise
+        return db, row
+
+    def restore_if_gone(self) -> Optional[str]:
+        """Write the database out again if its file was deleted or replaced while open; else None.
+
+        SQLite goes on using an unlinked file, so everything queued would be lost at the next start
+        (and at the next power cut). The whole database (pending messages with their seqs, the
+        counters) is copied into a new file at the path; a file someone put there instead is moved
+        aside, never overwritten. Returns what happened, in words. Raises sqlite3.Error / OSError
+        when the new file cannot be written: the open database is then kept, to try again later.
+        """
+        with self._lock:
+            if self._closed:
+                return None
+            try:
+                now: Optional[Tuple[int, int]] = _file_id(self.path)
+            except FileNotFoundError:
+                now = None
+            if now == self._file:
+                return None
+            tmp = self.path.with_name(self.path.name + ".restore")
+            for suffix in ("", "-journal", "-wal", "-shm"):
+                tmp.with_name(tmp.name + suffix).unlink(missing_ok=True)
+            new = sqlite3.connect(str(tmp))
+            try:
+                self._db.backup(new)  # a consistent copy of every committed row
+            finally:
+                new.close()
+            self._db.close()  # the unlinked file's -wal / -shm (if still at the path) are stale now
+            aside = None
+            if now is not None:
+                stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+                aside = self.path.with_name(f"{self.path.name}.replaced-{stamp}")
+                self.path.replace(aside)
+            for suffix in ("-wal", "-shm"):
+                self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
+            tmp.replace(self.path)
+            self._db, _ = self._connect()
+            kept = f"{self._depth} pending messages kept"
+            if aside is None:
+                return f"outbox {self.path} was deleted while in use: written out again, {kept}"
+            return f"outbox {self.path} was replaced while in use: that file moved to {aside}, {kept}"
 
     # -- writing ---------------------------------------------------------------------------
     def put(
@@ -345,3 +392,8 @@ def open_outbox(path: Union[str, Path], *args: Any, **kw: Any) -> Tuple[Outbox, 
         if part.exists():
             part.replace(aside.with_name(aside.name + suffix))
     return Outbox(path, *args, **kw), aside
+
+
+def _file_id(path: Path) -> Tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino

@@ -53,9 +53,17 @@ log = logging.getLogger("edge_detect.publisher")
 
 class _QuietPahoNoise(logging.Filter):
     # paho 2.2's network thread logs "Client is not connected" at ERROR on every clean
-    # disconnect and while reconnecting; the publisher logs disconnects itself, once, in words.
+    # disconnect and while reconnecting, and "failed to receive on socket: ..." / "timeout on
+    # socket" at ERROR just before a lost connection; the publisher logs disconnects itself, once,
+    # in words (mqtt_disconnected), with the socket error kept here as its ``error``.
+    socket_error: Optional[str] = None
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Client is not connected")
+        msg = str(record.msg)
+        if msg.startswith(("failed to receive on socket", "timeout on socket")):
+            _QuietPahoNoise.socket_error = record.getMessage()
+            return False
+        return not msg.startswith("Client is not connected")
 
 
 _paho_log = logging.getLogger("edge_detect.paho")
@@ -591,10 +599,12 @@ class Publisher:
             if was:
                 self._counts["disconnects"] += 1
             self._cv.notify_all()
+        error, _QuietPahoNoise.socket_error = _QuietPahoNoise.socket_error, None
         if was and not self._stopping:
             depth = self.outbox.depth()
-            log.warning("mqtt: disconnected (%s); %d messages in the outbox", reason, depth,
-                        extra=_ev("mqtt_disconnected", reason=str(reason), outbox_depth=depth))
+            why = f"{reason}: {error}" if error else str(reason)
+            log.warning("mqtt: disconnected (%s); %d messages in the outbox", why, depth,
+                        extra=_ev("mqtt_disconnected", reason=str(reason), error=error, outbox_depth=depth))
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
         refused = reason is not None and getattr(reason, "is_failure", False)

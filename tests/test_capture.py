@@ -191,7 +191,7 @@ def test_directory_rejects_oversize_unread(tmp_path):
     src = _dir_source(tmp_path, max_bytes=10)
     (tmp_path / "in" / "big.jpg").write_bytes(b"0" * 11)
     (f,) = _drain(src)
-    assert f.data == b""
+    assert f.data == b"" and f.rejected == "file of 11 bytes is larger than max_bytes (10)"
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

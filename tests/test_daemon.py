@@ -250,6 +250,61 @@ def test_corrupt_outbox_is_moved_aside_and_an_unusable_one_exits_1(tmp_path, tin
     assert "Traceback" not in d.log_path.read_text()
 
 
+def test_outbox_deleted_while_running_keeps_every_event(tmp_path, tiny_bundle, mosquitto):
+    """rm of the outbox while events wait for the broker: SQLite would go on writing to the unlinked
+    file and a restart would find an empty outbox. The daemon writes it out again and says so."""
+    bundle, _ = tiny_bundle
+    outbox = tmp_path / "outbox.sqlite"
+    inbox, cfg = _front_camera_config(tmp_path, "dev10", bundle, mosquitto, outbox)
+    sub = Subscriber(mosquitto, ["edge-detect/dev10/event/+"], client_id="dev10-sub")
+    assert sub.subscribed.wait(5)
+    rng = np.random.default_rng(10)
+    d = DaemonProc(cfg, tmp_path / "daemon.log")
+    try:
+        d.wait_for(lambda x: x.get("event") == "mqtt_connected")
+        mosquitto.stop()
+        drop_file(inbox, "a.jpg", encode(anomalous_image(rng), "JPEG"))
+        d.wait_for(lambda x: x.get("event") == "anomaly" and x["image"] == "a.jpg")
+        outbox.unlink()
+        restored = d.wait_for(lambda x: x.get("event") == "outbox_restored", 5)
+        assert restored["level"] == "warning" and restored["outbox_depth"] >= 1
+        drop_file(inbox, "b.jpg", encode(anomalous_image(rng), "JPEG"))
+        d.wait_for(lambda x: x.get("event") == "anomaly" and x["image"] == "b.jpg")
+    finally:
+        d.kill()  # no clean stop: both events must already be in the file at the path
+    mosquitto.start()
+    d = DaemonProc(cfg, tmp_path / "daemon2.log")
+    try:
+        assert sub.wait(lambda: len(sub.events()) >= 2, 15), d.tail()
+    finally:
+        rc = d.terminate()
+        sub.close()
+    assert rc == 0, d.tail()
+    assert sorted(e["extra"]["image"] for e in sub.events()) == ["a.jpg", "b.jpg"]
+
+
+def test_oversize_and_empty_files_are_rejected_with_their_reason(tmp_path, tiny_bundle, mosquitto):
+    bundle, _ = tiny_bundle
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    cfg = write_config(tmp_path / "edge.toml", device="dev11", bundle=bundle, broker=mosquitto,
+                       outbox=tmp_path / "outbox.sqlite", cameras=_dir_camera("front", inbox) + "max_bytes = 4096\n")
+    drop_file(inbox, "huge.jpg", np.random.default_rng(11).bytes(5000))
+    drop_file(inbox, "empty.jpg", b"")
+    d = DaemonProc(cfg, tmp_path / "daemon.log")
+    try:
+        d.wait_for(lambda x: x.get("event") == "stats" and x["images_rejected"] == 2)
+        drop_file(inbox, "a.jpg", encode(anomalous_image(np.random.default_rng(11)), "JPEG"))
+        d.wait_for(lambda x: x.get("event") == "anomaly")  # and it goes on
+    finally:
+        rc = d.terminate()
+    assert rc == 0, d.tail()
+    why = {x["image"]: x["error"] for x in d.lines() if x.get("event") == "image_rejected"}
+    assert why == {"huge.jpg": "file of 5000 bytes is larger than max_bytes (4096)",
+                   "empty.jpg": "empty image data (0 bytes)"}
+    assert sorted(p.name for p in (inbox / "processed" / "rejected").iterdir()) == ["empty.jpg", "huge.jpg"]
+
+
 def test_an_event_the_disk_cannot_store_leaves_its_file_for_a_retry(tmp_path, tiny_bundle, mosquitto, monkeypatch):
     """The outbox's disk is full twice: the file stays in the folder, is scored again when due, and
     its event is delivered once, with the event id it would have had."""

@@ -89,6 +89,30 @@ def test_corrupt_file_is_moved_aside(tmp_path):
         open_outbox(tmp_path / "dir" / "ob.sqlite")
 
 
+def test_file_deleted_or_replaced_while_open_is_written_out_again(tmp_path):
+    path = tmp_path / "ob.sqlite"
+    ob = Outbox(path)
+    seqs = [ob.put(f"t/{i}", b"p%d" % i) for i in range(3)]
+    ob.ack(seqs[0])
+    assert ob.restore_if_gone() is None  # nothing happened: nothing to do
+    path.unlink()  # SQLite keeps the unlinked inode: without a restore these rows die with the process
+    ob.put("t/3", b"p3")
+    assert "deleted while in use" in ob.restore_if_gone()
+    assert ob.restore_if_gone() is None
+    assert [it.seq for it in ob.pending()][:2] == seqs[1:] and ob.depth() == 3
+    ob.ack(seqs[1])  # seqs are kept: in-flight acks still find their rows
+    path.rename(tmp_path / "moved")
+    path.write_bytes(b"someone else's file")
+    assert "replaced while in use" in ob.restore_if_gone()
+    assert [p.read_bytes() for p in tmp_path.glob("ob.sqlite.replaced-*")] == [b"someone else's file"]
+    ob.close()
+    ob = Outbox(path)  # what a restart finds: every pending row, the counters, the seq order
+    assert [it.topic for it in ob.pending()] == ["t/2", "t/3"] and ob.stats()["acked"] == 2
+    last = max(it.seq for it in ob.pending())
+    assert ob.put("t/4", b"x") > last
+    ob.close()
+
+
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="policy"):
         Outbox(tmp_path / "a.sqlite", policy="drop_newest")

@@ -370,3 +370,83 @@ def test_event_ids_sort_by_time_and_stay_monotonic():
     jsonschema.validate(ev, SCHEMA)
     with pytest.raises(ValueError, match="camera"):
         make_event(0, camera="a/b")
+
+
+class _ResettingProxy:
+    """TCP proxy to the broker that can reset (RST) the client's connection, as a crashed or restarted
+    broker host does."""
+
+    def __init__(self, broker):
+        import socket
+
+        self.broker = broker
+        self.srv = socket.create_server(("127.0.0.1", 0))
+        self.port = self.srv.getsockname()[1]
+        self.clients = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+
+        while True:
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                return
+            up = socket.create_connection((self.broker.host, self.broker.port))
+            self.clients.append(c)
+            for a, b in ((c, up), (up, c)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b):
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def reset(self):
+        import socket
+        import struct
+
+        for c in self.clients:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()  # linger 0: an RST instead of a FIN
+        self.clients = []
+
+    def close(self):
+        self.srv.close()
+
+
+def test_connection_reset_is_one_line_with_its_reason(mosquitto, tmp_path, caplog):
+    """A reset connection is the one ``mqtt_disconnected`` warning (with the socket error), not also
+    paho's own "failed to receive on socket" at ERROR without an event key; delivery goes on."""
+    caplog.set_level(logging.INFO)
+    proxy = _ResettingProxy(mosquitto)
+    sub = Collector(mosquitto, "edge-detect/dev1/event/#")
+    cfg = MqttConfig.from_dict({"host": "127.0.0.1", "port": proxy.port, "reconnect_min_s": 0.2,
+                                "reconnect_max_s": 1, "discovery": False})
+    pub = Publisher(cfg, "dev1", Outbox(tmp_path / "ob.sqlite"))
+    pub.start()
+    try:
+        assert pub.wait_connected(5)
+        proxy.reset()
+        deadline = time.monotonic() + 5
+        while pub.stats()["connects"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pub.publish_event(make_event(0))
+        assert pub.flush(5)
+        with sub.cv:
+            assert sub.cv.wait_for(lambda: len(sub.msgs) == 1, 5)
+    finally:
+        pub.stop()
+        proxy.close()
+    gone = [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "mqtt_disconnected"]
+    assert len(gone) == 1 and "Connection reset by peer" in gone[0].fields["error"], caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "event" not in getattr(r, "fields", {})]

@@ -29,6 +29,8 @@ class Frame:
     name: what the frame is called in logs and events (file name, URL, frame number).
     key: a stable identity where the source has one (a dropped file), so a frame that is
         processed again after a crash produces the same event id; None otherwise.
+    rejected: why the source refused the frame without reading it (a file over ``max_bytes``);
+        the daemon rejects it with this reason instead of decoding ``data``.
     """
 
     data: Union[bytes, np.ndarray]
@@ -36,6 +38,7 @@ class Frame:
     name: str
     key: Optional[str] = None
     token: Any = None  # the source's own bookkeeping for done()
+    rejected: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -228,8 +228,10 @@ class DirectorySource(Source):
                 if (st.st_size, st.st_mtime_ns) != sig:
                     self._pending[name] = ((st.st_size, st.st_mtime_ns), time.monotonic())
                     continue  # rewritten since it settled: let it settle again
+                rejected = None
                 if st.st_size > self.cfg.max_bytes:
                     data = b""  # refused unread; the daemon counts it as rejected
+                    rejected = f"file of {st.st_size} bytes is larger than max_bytes ({self.cfg.max_bytes})"
                 else:
                     with open(path, "rb") as f:
                         data = f.read()
@@ -246,6 +248,7 @@ class DirectorySource(Source):
                 name=name,
                 key=f"{name}:{sig[0]}:{sig[1]}",
                 token=(name, sig),
+                rejected=rejected,
             )
 
     def done(self, frame: Frame, ok: bool) -> None:
