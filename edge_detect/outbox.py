@@ -155,15 +155,16 @@ class Outbox:
                 self._db.backup(new)  # a consistent copy of every committed row
             finally:
                 new.close()
-            self._db.close()  # the unlinked file's -wal / -shm (if still at the path) are stale now
             aside = None
             if now is not None:
                 stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
                 aside = self.path.with_name(f"{self.path.name}.replaced-{stamp}")
                 self.path.replace(aside)
-            for suffix in ("-wal", "-shm"):
+            for suffix in ("-wal", "-shm"):  # the unlinked file's, if still at the path: stale now
                 self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
             tmp.replace(self.path)
+            # Closed only now: a move that failed above leaves the open database in use, to try again.
+            self._db.close()
             self._db, _ = self._connect()
             kept = f"{self._depth} pending messages kept"
             if aside is None:
