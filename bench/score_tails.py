@@ -10,7 +10,8 @@ bottleneck code (the ``latent`` layer) and in error maps; and, with --with RUN (
 mean of several runs' MSE, each divided by its own validation mean (an ensemble); with --shift N,
 the minimum and the mean MSE over the input shifted by up to N px each way (test-time shifts); with
 --deadzone D (repeatable), the mean of max(|error| - D, 0)^2, which ignores grey-level differences
-below D (0-1 scale). "tpr_at_tnr99" is what the ranking allows: TPR at the test normals' 99th percentile.
+below D (0-1 scale). Always also Box-Cox(mse), its lambda fitted to the validation scores.
+"tpr_at_tnr99" is what the ranking allows: TPR at the test normals' 99th percentile.
 
     python bench/score_tails.py runs/bench-mnist40/plain-d3 [--k 3]
     python bench/score_tails.py runs/mnist-hard/mae-d3 --knn 1 \
@@ -75,6 +76,13 @@ def main() -> None:
         scores[f"mse beyond {d:g}"] = lambda x, r, d=d: (
             np.maximum(np.abs(x - r) - d, 0) ** 2).mean(axis=(1, 2)).astype(np.float64)
     pairs = {name: (f(xv, rv), f(xt, rt)) for name, f in scores.items()}
+    # Box-Cox with its lambda fitted (maximum likelihood) to the validation ones: the principled way
+    # to make a skewed score Gaussian before mu + k sigma; monotone, so it moves only the threshold.
+    from scipy import stats
+
+    v_mse, t_mse = pairs["mse"]
+    lam = float(stats.boxcox(v_mse)[1])
+    pairs[f"Box-Cox(mse), lambda {lam:.2f} from validation"] = (stats.boxcox(v_mse, lam), stats.boxcox(t_mse, lam))
     if args.knn:
         import keras
 

@@ -257,6 +257,10 @@ class CameraWorker:
         with self.lock:
             self.source.retry(frame, STORE_RETRY_S)
 
+    def incomplete(self, frame: Frame) -> bool:
+        with self.lock:
+            return self.source.incomplete(frame)
+
     def done(self, frame: Frame, ok: bool) -> None:
         try:
             with self.lock:
@@ -617,6 +621,10 @@ class Daemon:
             scores, maps = det.scorer(xb, y)
             score = float(scores[0])
         except ImageError as e:
+            if frame.rejected is None and worker.incomplete(frame):
+                log.info("camera %s: %s does not decode yet (%s); read again once it changes", camera,
+                         frame.name, e, extra=_ev("image_incomplete", camera=camera, image=frame.name, error=str(e)))
+                return
             self.rejected += 1
             worker.stats.rejected += 1
             log.warning("camera %s: image rejected: %s: %s", camera, frame.name, e,

@@ -55,13 +55,14 @@ class _QuietPahoNoise(logging.Filter):
     # paho 2.2's network thread logs "Client is not connected" at ERROR on every clean
     # disconnect and while reconnecting, and "failed to receive on socket: ..." / "timeout on
     # socket" at ERROR just before a lost connection; the publisher logs disconnects itself, once,
-    # in words (mqtt_disconnected), with the socket error kept here as its ``error``.
-    socket_error: Optional[str] = None
+    # in words (mqtt_disconnected), with the socket error kept here as its ``error``. Kept per
+    # thread: each client's network thread logs the error and then runs its on_disconnect.
+    socket_errors: Dict[int, str] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = str(record.msg)
         if msg.startswith(("failed to receive on socket", "timeout on socket")):
-            _QuietPahoNoise.socket_error = record.getMessage()
+            self.socket_errors[threading.get_ident()] = record.getMessage()
             return False
         return not msg.startswith("Client is not connected")
 
@@ -599,7 +600,7 @@ class Publisher:
             if was:
                 self._counts["disconnects"] += 1
             self._cv.notify_all()
-        error, _QuietPahoNoise.socket_error = _QuietPahoNoise.socket_error, None
+        error = _QuietPahoNoise.socket_errors.pop(threading.get_ident(), None)
         if was and not self._stopping:
             depth = self.outbox.depth()
             why = f"{reason}: {error}" if error else str(reason)

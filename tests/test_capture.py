@@ -127,6 +127,35 @@ def test_directory_waits_for_a_file_to_settle(tmp_path):
     assert time.monotonic() - t0 >= 0.25
 
 
+def test_directory_holds_a_young_file_that_does_not_decode_until_it_changes(tmp_path):
+    src = _dir_source(tmp_path, incomplete_wait=0.4)
+    f = tmp_path / "in" / "stalled.jpg"
+    f.write_bytes(b"first half")
+    first = src.read(1.0)
+    assert first is not None and src.incomplete(first)  # young: maybe still arriving
+    assert src.read(0.2) is None  # held while unchanged
+    with open(f, "ab") as fh:
+        fh.write(b", second half")
+    again = src.read(1.0)
+    assert again is not None and again.data == b"first half, second half"
+    # unchanged past incomplete_wait: it is handed out once more and may now be rejected
+    assert src.incomplete(again)
+    t0 = time.monotonic()
+    last = src.read(2.0)
+    assert last is not None and last.data == again.data and time.monotonic() - t0 >= 0.2
+    assert not src.incomplete(last)
+    src.done(last, ok=False)
+    assert (tmp_path / "in" / "processed" / "rejected" / "stalled.jpg").exists()
+
+
+def test_directory_rejects_an_old_file_that_does_not_decode_at_once(tmp_path):
+    src = _dir_source(tmp_path)
+    f = tmp_path / "in" / "old.jpg"
+    f.write_bytes(b"not an image")
+    os.utime(f, ns=(1_000_000_000 * 10,) * 2)
+    assert not src.incomplete(src.read(1.0))
+
+
 def test_directory_delete(tmp_path):
     src = _dir_source(tmp_path, after="delete")
     (tmp_path / "in" / "a.jpg").write_bytes(b"1")

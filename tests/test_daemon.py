@@ -36,6 +36,7 @@ type = "directory"
 path = "{path}"
 settle = 0.05
 poll_interval = 0.05
+incomplete_wait = 0.3
 """
 
 
@@ -168,6 +169,33 @@ def test_bad_input_and_vanished_cameras_do_not_stop_it(tmp_path, tiny_bundle, mo
     assert set(rejected) == set(bad)
     assert "bomb" in rejected["bomb.png"] and "empty" in rejected["zero.jpg"] and "mode" in rejected["float.tif"]
     assert sorted(p.name for p in (inbox / "processed" / "rejected").iterdir()) == sorted(bad)
+
+
+def test_an_upload_that_stalls_past_settle_is_scored_once_complete(tmp_path, tiny_bundle, mosquitto):
+    bundle, _ = tiny_bundle
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    cfg = write_config(tmp_path / "edge.toml", device="dev1", bundle=bundle, broker=mosquitto,
+                       outbox=tmp_path / "outbox.sqlite",
+                       cameras=_dir_camera("front", inbox).replace("incomplete_wait = 0.3", "incomplete_wait = 30"))
+    png = encode(anomalous_image(np.random.default_rng(8)))
+    d = DaemonProc(cfg, tmp_path / "daemon.log")
+    try:
+        d.wait_for(lambda x: x.get("event") == "started")
+        with open(inbox / "slow.png", "wb") as f:  # an FTP upload written in place, stalling halfway
+            f.write(png[: len(png) // 2])
+            f.flush()
+            d.wait_for(lambda x: x.get("event") == "image_incomplete" and x["image"] == "slow.png")
+            time.sleep(0.3)  # several scans while it is held: not read again, not rejected
+            f.write(png[len(png) // 2:])
+        ev = d.wait_for(lambda x: x.get("event") == "anomaly" and x["image"] == "slow.png")
+        stats = d.wait_for(lambda x: x.get("event") == "stats" and x["frames"] == 1)
+    finally:
+        rc = d.terminate()
+    assert rc == 0, d.tail()
+    assert ev["score"] > 0 and stats["images_rejected"] == 0
+    assert sum(x.get("event") == "image_incomplete" for x in d.lines()) == 1
+    assert [p.name for p in (inbox / "processed").glob("*.png")] == ["slow.png"]
 
 
 def test_reload_keeps_old_bundle_when_new_is_bad(tmp_path, tiny_bundle, mosquitto):

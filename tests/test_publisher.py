@@ -417,7 +417,10 @@ class _ResettingProxy:
 
         for c in self.clients:
             c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            c.close()  # linger 0: an RST instead of a FIN
+            # Not close() here: its pipe thread is blocked in recv() on it, which would keep the socket
+            # open until the client next sends. SHUT_RD wakes that recv(); the thread's close() then
+            # sends the RST (linger 0) at once.
+            c.shutdown(socket.SHUT_RD)
         self.clients = []
 
     def close(self):

@@ -83,6 +83,13 @@ class Source:
         again in ``after_s`` s if the source still has it. Streams cannot, so the default does
         nothing. Same thread rules as ``done``."""
 
+    def incomplete(self, frame: Frame) -> bool:
+        """``frame`` did not decode. True if the source hands it out again later because it may
+        still be arriving (a file whose writer paused for longer than ``settle``); the daemon then
+        neither rejects nor counts it. Streams cannot tell, so the default is False. Same thread
+        rules as ``done``."""
+        return False
+
     def close(self) -> None:
         """Release the camera; safe to call twice."""
 

@@ -3,7 +3,9 @@
 Each file is processed once, oldest first, then moved, deleted or kept as configured.
 A file still being written is not read: names with a temporary suffix or a leading dot
 are ignored, and a file must keep the same size and mtime for ``settle`` s (a file
-that is already older than that when first seen is ready at once). In ``keep`` mode a
+that is already older than that when first seen is ready at once). A file that does not
+decode is rejected only once it has stayed unchanged for ``incomplete_wait`` s, because an
+FTP upload can stall for longer than ``settle`` and finish later. In ``keep`` mode a
 record of processed files (name, size, mtime) survives restarts.
 """
 
@@ -36,6 +38,8 @@ class DirectoryConfig(SourceConfig):
         subfolder.
     record: the processed-file record for ``keep`` (default: PATH/.edge-detect-processed).
     settle: s a file's size and mtime must stay unchanged before it is read.
+    incomplete_wait: s a file that does not decode must stay unchanged (by mtime) before it is
+        rejected; until then it is taken to be still arriving and read again once it changes.
     poll_interval: s between directory scans when idle.
     temp_suffixes: name endings of files still being written.
     max_bytes: larger files are rejected without being read (bytes).
@@ -47,6 +51,7 @@ class DirectoryConfig(SourceConfig):
     move_to: str = ""
     record: str = ""
     settle: float = 0.5
+    incomplete_wait: float = 10.0
     poll_interval: float = 0.2
     temp_suffixes: List[str] = field(default_factory=lambda: list(TEMP_SUFFIXES))
     max_bytes: int = 64 * 1024 * 1024
@@ -61,6 +66,8 @@ class DirectoryConfig(SourceConfig):
             p["move_to"] = f"only applies to after = \"move\" (after is {self.after!r})"
         if self.settle < 0:
             p["settle"] = f"must be >= 0 s, got {self.settle}"
+        if self.incomplete_wait < 0:
+            p["incomplete_wait"] = f"must be >= 0 s, got {self.incomplete_wait}"
         if self.poll_interval <= 0:
             p["poll_interval"] = f"must be > 0 s, got {self.poll_interval}"
         if not self.patterns:
@@ -131,6 +138,7 @@ class DirectorySource(Source):
         self._in_flight: Set[str] = set()
         self._retry_at: Dict[str, float] = {}  # name -> monotonic s before which it stays out
         self._stuck: Dict[str, _Sig] = {}  # done, but could not be moved or deleted: skip while unchanged
+        self._incomplete: Dict[str, _Sig] = {}  # did not decode while young: skip while unchanged and young
         self._record: Optional[ProcessedRecord] = None
         self._last_scan = 0.0
 
@@ -188,6 +196,11 @@ class DirectorySource(Source):
                     continue
                 if self._stuck.get(name) == sig:
                     continue
+                held = self._incomplete.get(name)
+                if held is not None:
+                    if held == sig and now_wall - st.st_mtime_ns / 1e9 < self.cfg.incomplete_wait:
+                        continue
+                    del self._incomplete[name]  # grown (goes through settle again) or old enough to judge
                 seen.add(name)
                 old = self._pending.get(name)
                 if old is None and now_wall - st.st_mtime_ns / 1e9 >= settle:
@@ -283,6 +296,15 @@ class DirectorySource(Source):
         self._retry_at[name] = time.monotonic() + after_s
         self._in_flight.discard(name)
 
+    def incomplete(self, frame: Frame) -> bool:
+        name, sig = frame.token
+        if time.time() - sig[1] / 1e9 >= self.cfg.incomplete_wait:
+            return False
+        # In this order: a scan in between sees the file either in flight or held.
+        self._incomplete[name] = sig
+        self._in_flight.discard(name)
+        return True
+
     def close(self) -> None:
         # Files read but not done are listed again on reopen: processing them twice beats losing them.
         self._ready.clear()
@@ -290,6 +312,7 @@ class DirectorySource(Source):
         self._pending.clear()
         self._in_flight.clear()
         self._retry_at.clear()
+        self._incomplete.clear()
         if self._record is not None:
             self._record.close()
             self._record = None
