@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -110,6 +111,28 @@ def test_file_deleted_or_replaced_while_open_is_written_out_again(tmp_path):
     assert [it.topic for it in ob.pending()] == ["t/2", "t/3"] and ob.stats()["acked"] == 2
     last = max(it.seq for it in ob.pending())
     assert ob.put("t/4", b"x") > last
+    ob.close()
+
+
+def test_a_restore_that_cannot_write_keeps_the_open_outbox_to_try_again(tmp_path):
+    path = tmp_path / "ob.sqlite"
+    ob = Outbox(path)
+    ob.put("t/0", b"p0")
+    path.unlink()
+    blocker = tmp_path / "ob.sqlite.restore"
+    blocker.mkdir()  # where the new copy is written first: not writable as a file
+    (blocker / "x").write_text("")
+    with pytest.raises(OSError):
+        ob.restore_if_gone()
+    assert not path.exists()
+    seq = ob.put("t/1", b"p1")  # the open database is still the one in use: nothing lost
+    assert [it.topic for it in ob.pending()] == ["t/0", "t/1"]
+    shutil.rmtree(blocker)
+    assert "deleted while in use" in ob.restore_if_gone()
+    ob.ack(seq)
+    ob.close()
+    ob = Outbox(path)
+    assert [it.topic for it in ob.pending()] == ["t/0"]
     ob.close()
 
 
