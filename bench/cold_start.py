@@ -1,6 +1,8 @@
 """Cold start of `edge-detect score`: a fresh process per run, from exec to the printed verdict.
 
-Usage: python bench/cold_start.py BUNDLE IMAGE [--variant int8] [--runs 10]
+Usage: .venv/bin/python bench/cold_start.py BUNDLE [IMAGE] [--variant int8] [--runs 10]
+
+Without IMAGE it scores a mid-grey PNG of the bundle's input size (px), written to a temp folder.
 
 Prints min / median / max wall time (s) over the runs, plus the import time of edge_detect alone.
 Each run is a new interpreter (`python -m edge_detect.cli`-equivalent entry point), so it pays for
@@ -15,6 +17,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,10 +27,21 @@ import common
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundle")
-    ap.add_argument("image")
+    ap.add_argument("image", nargs="?", help="default: a mid-grey PNG of the bundle's input size")
     ap.add_argument("--variant", default=None)
     ap.add_argument("--runs", type=int, default=10)
     a = ap.parse_args()
+    print(common.machine_line())
+    tmp = tempfile.TemporaryDirectory()
+    if a.image is None:
+        from PIL import Image
+
+        from edge_detect.bundle import load_bundle
+
+        pre = load_bundle(a.bundle, verify=False).preprocess
+        a.image = str(Path(tmp.name) / "grey.png")
+        grey = Image.new("L", pre.size[::-1], 128)  # PIL sizes are (width, height)
+        (grey if pre.channels == 1 else grey.convert("RGB")).save(a.image)
     # The entry point of the running venv first, so the numbers are for this install.
     beside = Path(sys.executable).with_name("edge-detect")
     exe = str(beside) if beside.is_file() else shutil.which("edge-detect")
@@ -52,7 +66,6 @@ def main() -> None:
     print(f"cold start to verdict, {a.runs} runs: min {min(times):.3f} s  median {statistics.median(times):.3f} s  "
           f"max {max(times):.3f} s")
     print(f"python + import edge_detect.cli/detector: median {statistics.median(imp):.3f} s")
-    print(common.machine_line())
     print(common.write_result("cold_start", {"cli": cmd, "output": out, "runs_s": times, "import_s": imp}))
 
 

@@ -14,7 +14,8 @@ Usage::
 With no paths it uses every bundle under ``runs/`` and ``bundles/``. ``--build DIR`` converts
 untrained hourglass autoencoders (``training.models.build_model`` when it exists) at each size
 to all four variants; latency does not depend on the weights' values, only on the graph.
-Writes bench/results/latency-<date>.json and a CDF plot (``--plot``, default docs/img/latency_cdf.png).
+Writes bench/results/latency-<date>.json and a CDF plot (``--plot``, default
+bench/results/latency_cdf.png; pass ``--plot docs/img/latency_cdf.png`` to update the docs' figure).
 """
 
 from __future__ import annotations
@@ -224,8 +225,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--warmup", type=int, default=20, help="untimed calls per configuration first")
     ap.add_argument("--build", type=Path, help="convert untrained autoencoders into DIR and time those")
     ap.add_argument("--sizes", default="64,128", help="input sizes (px) for --build")
-    ap.add_argument("--plot", default=str(common.REPO_ROOT / "docs" / "img" / "latency_cdf.png"),
-                    help="CDF plot PNG ('' for none)")
+    ap.add_argument("--plot", default=str(common.RESULTS_DIR / "latency_cdf.png"),
+                    help="CDF plot PNG ('' for none); docs/img/latency_cdf.png is the one docs/BENCHMARKS.md shows")
     ap.add_argument("--out", type=Path, help="results directory (default bench/results)")
     a = ap.parse_args(argv)
     variants = [v for v in a.variants.split(",") if v]

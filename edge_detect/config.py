@@ -394,7 +394,8 @@ def parse_config(data: Dict[str, Any], path: str = "<config>") -> Config:
                 cam = _section(errors, _camera, c, f"cameras[{i}]")
                 if cam is not None:
                     cams.append(cam)
-            names = [c.name for c in cams]
+            # From the tables, not the parsed cameras: a duplicate is reported even beside other problems.
+            names = [c["name"] for c in raw if isinstance(c, dict) and isinstance(c.get("name"), str)]
             for n in sorted({n for n in names if names.count(n) > 1}):
                 errors.append(f"cameras: name {n!r} is used more than once")
     if errors:

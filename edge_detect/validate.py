@@ -111,11 +111,17 @@ def from_table(cls: Type[T], table: Any, where: str, skip: tuple = ()) -> T:
             errors.append(f"{where}.{name}: must be {_type_name(hints[name])}, got {value!r}")
             continue
         kwargs[name] = _convert(value, hints[name])
+    try:
+        # With defaults in place of mistyped keys, so that range problems of the other keys are
+        # reported in the same run as the type problems.
+        obj = cls(**kwargs)
+    except (TypeError, ValueError):
+        if errors:
+            raise ConfigError(errors) from None  # a required key is missing or mistyped: said above
+        raise
+    check = getattr(obj, "check", None)
+    bad = {e.split(":", 1)[0] for e in errors}
+    errors += [f"{where}.{k}: {v}" for k, v in (check() if check else {}).items() if f"{where}.{k}" not in bad]
     if errors:
         raise ConfigError(errors)
-    obj = cls(**kwargs)
-    check = getattr(obj, "check", None)
-    problems = check() if check else {}
-    if problems:
-        raise ConfigError([f"{where}.{k}: {v}" for k, v in problems.items()])
     return obj

@@ -89,3 +89,10 @@ def test_cold_start_bench(smoke_bundle: Path, shared_data_tiny: Path, tmp_path: 
     assert all(0 < t < 60 for t in doc["runs_s"] + doc["import_s"])
     # The last run printed its verdict line: the image, its score and the bundle's threshold.
     assert doc["output"].startswith(f"{image}  score=") and "threshold=0.5" in doc["output"]
+
+
+def test_cold_start_bench_without_an_image_scores_a_grey_one(smoke_bundle: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    run_bench(monkeypatch, tmp_path, "cold_start", smoke_bundle, "--runs", "1")
+    doc = _result(tmp_path, "cold_start")
+    assert doc["cli"][-1].endswith("grey.png") and "grey.png  score=" in doc["output"]

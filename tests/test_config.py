@@ -66,6 +66,20 @@ def test_every_problem_is_named_with_key_and_file(tmp_path):
     assert len(e.errors) == 5
 
 
+def test_range_and_duplicate_problems_come_with_the_type_problems(tmp_path):
+    # A value out of range beside a mistyped key of the same table, and a duplicate camera name
+    # where one of the two cameras has a problem of its own: all in one run, not one fix at a time.
+    e = _errors(tmp_path, MINIMAL.replace('id = "line1"', 'id = "-bad"\nlog_level = 3')
+                .replace('path = "/srv/ftp/front"', 'path = "/srv/ftp/front"\nsettle = -1\npoll_interval = "x"')
+                + '[[cameras]]\nname = "front"\n[cameras.source]\ntype = "directory"\npath = "/srv/b"\n')
+    text = str(e)
+    for want in ("device.id: must be 1-64 of", "device.log_level: must be string",
+                 "cameras[0].source.settle: must be >= 0", "cameras[0].source.poll_interval: must be number",
+                 "cameras: name 'front' is used more than once"):
+        assert want in text, text
+    assert len(e.errors) == 5
+
+
 @pytest.mark.parametrize(
     "patch, key",
     [
