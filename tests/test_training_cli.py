@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,6 +132,35 @@ def test_ctrl_c_keeps_best_checkpoint(data, tmp_path):
     run = load_run(tmp_path / "r")
     assert run.model.output_shape[1:] == (16, 16, 1)
     assert on_disk["calibration"]["threshold"] > 0
+
+
+def test_ctrl_c_while_a_checkpoint_is_written_keeps_the_previous_one(tmp_path, monkeypatch):
+    # The interrupt lands inside the second save, after half a zip is written: the first checkpoint
+    # must survive whole, and nothing half-written may be left beside it.
+    import keras
+
+    from training.models import build_model
+    from training.train import best_checkpoint, load_keras_model
+
+    model = build_model("plain", (16, 16, 1), width=4, depth=2, latent=4)
+    ckpt = tmp_path / "model.keras"
+    cb = best_checkpoint(ckpt)
+    cb.set_model(model)
+    cb.on_epoch_end(0, {"val_loss": 1.0})
+    first = ckpt.read_bytes()
+    cb.on_epoch_end(1, {"val_loss": 2.0})  # not better: not saved
+    assert ckpt.read_bytes() == first
+
+    def interrupted_save(self, path, *a, **kw):
+        Path(path).write_bytes(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(keras.Model, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        cb.on_epoch_end(2, {"val_loss": 0.5})
+    monkeypatch.undo()
+    assert ckpt.read_bytes() == first and [p.name for p in tmp_path.iterdir()] == ["model.keras"]
+    assert load_keras_model(ckpt).output_shape[1:] == (16, 16, 1)
 
 
 def test_error_missing_folder(tmp_path):

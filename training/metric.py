@@ -287,7 +287,9 @@ def fit_metric(
     t0 = time.time()
     model, history = train_embedder(x, y, n_classes, cfg, x_val if len(x_val) else None, yv, callbacks, verbose)
     train_s = time.time() - t0
-    model.save(run_dir / "model.keras")
+    from .train import save_keras_model
+
+    save_keras_model(model, run_dir / "model.keras")
     keep = reference_indices(len(x_train), cfg)
     ref_labels = np.asarray(y_train)[keep] if multi else None
     save_reference(run_dir, embed(model, x_train[keep], cfg.l2), ref_labels)

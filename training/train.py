@@ -187,7 +187,7 @@ def fit(spec: Dict[str, Any], cfg: FitConfig, out_dir: Path, verbose: int = 1,
     else:
         ds = shuffled_batches(splits.x_train, cfg.batch_size, cfg.seed, lambda b: (b, b))
     ckpt = out_dir / "model.keras"
-    cbs = [keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_loss", save_best_only=True, verbose=0)]
+    cbs = [best_checkpoint(ckpt)]
     if cfg.patience:
         cbs.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience))
     hist = keras.callbacks.History()  # ours, so the epochs before a Ctrl-C are still recorded
@@ -306,6 +306,34 @@ def read_run_json(run_dir: Path, need: Optional[Sequence[str]] = None) -> Dict[s
         if not isinstance(info[k], list if k == "input_shape" else dict):
             raise ValueError(f"{path}: {k} must be a JSON {'array' if k == 'input_shape' else 'object'}")
     return info
+
+
+def save_keras_model(model: Any, path: Path) -> None:
+    """``model.save(path)`` by way of a temporary file, so a Ctrl-C or a crash mid-write leaves the
+    previous file (the best checkpoint so far) intact rather than half a zip."""
+    tmp = Path(path).with_name(f".{Path(path).stem}.partial.keras")  # Keras wants the .keras suffix
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def best_checkpoint(path: Path) -> Any:
+    """A callback like ``keras.callbacks.ModelCheckpoint(save_best_only=True)`` on ``val_loss``, but
+    atomic (:func:`save_keras_model`): Ctrl-C during a save keeps the previous best."""
+    import keras
+
+    class _Best(keras.callbacks.Callback):
+        best = float("inf")
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            loss = (logs or {}).get("val_loss")
+            if loss is not None and loss < self.best:
+                self.best = float(loss)
+                save_keras_model(self.model, path)
+
+    return _Best()
 
 
 def load_keras_model(path: Path, compile: bool = False) -> Any:
