@@ -274,3 +274,36 @@ def test_evaluate_int8_bundle_matches_edge_detect_score(run, tmp_path):
     assert all(dev[p]["variant"] == "int8" for p in images)
     np.testing.assert_allclose([dev[p]["score"] for p in images], scores, atol=1e-6, rtol=0)
     assert (out / "report-int8" / "metrics.json").is_file()
+
+
+def test_evaluate_with_data_splits_it_like_the_run_did(run, data, monkeypatch):
+    # The module's run trained with --seed 1 on a folder whose test normals are held out by the seed:
+    # evaluate --data must hold out the same ones, or it tests on images the model trained on.
+    import training.train
+
+    ok, bad = data
+    out, _ = run
+    info = json.loads((out / "run.json").read_text())
+    seen = []
+    real = training.train.evaluate_run
+    monkeypatch.setattr(training.train, "evaluate_run", lambda r, spec, *a: seen.append(spec) or real(r, spec, *a))
+    res = CliRunner().invoke(main, ["evaluate", str(out), "--data", str(ok), "--anomalies", str(bad), "--json"])
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.output.strip().splitlines()[-1])
+    assert m["auroc"] == pytest.approx(info["metrics"]["auroc"]) and m["tnr"] == pytest.approx(info["metrics"]["tnr"])
+    res = CliRunner().invoke(main, ["evaluate", str(out), "--data", str(ok), "--anomalies", str(bad), "--json",
+                                    "--seed", "0", "--test-fraction", "0.3"])  # asked for: another split
+    assert res.exit_code == 0, res.output
+    assert [(s["seed"], s["test_fraction"], s["val_fraction"]) for s in seen] == [(1, 0.2, 0.1), (0, 0.3, 0.1)]
+
+
+def test_options_that_do_not_apply_to_the_layout_are_errors(data, tmp_path):
+    ok, bad = data
+    line = _one_line_error(CliRunner().invoke(main, ["fit", str(ok), "--normal-classes", "a", "--out",
+                                                     str(tmp_path / "r"), *TINY]))
+    assert "--normal-classes only applies to the classes and idx layouts" in line and "folders" in line
+    (tmp_path / "mv" / "train").mkdir(parents=True)
+    shutil.copytree(ok, tmp_path / "mv" / "train" / "good")
+    line = _one_line_error(CliRunner().invoke(main, ["fit", str(tmp_path / "mv"), "--anomalies", str(bad), "--out",
+                                                     str(tmp_path / "r"), *TINY]))
+    assert "--anomalies only applies to the folders layout" in line and "mvtec" in line

@@ -240,18 +240,34 @@ def fit(ctx: click.Context, data: str, family: str, out_dir: Path, input_size: i
 @click.option("--data", type=click.Path(), help="Dataset to evaluate on (default: the run's own held-out split).")
 @click.option("--bundle", type=click.Path(path_type=Path), help="Evaluate a bundle variant with the device code.")
 @click.option("--variant", help="Bundle variant (default: the bundle's default).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, help="Split seed for --data [default: the run's].")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @_data_options
-def evaluate(run_dir: Path, data: Optional[str], bundle: Optional[Path], variant: Optional[str], seed: int,
-             as_json: bool, **data_opts: Any) -> None:
-    """Evaluate RUN_DIR (or one of its exported bundle's variants) and write a report folder."""
+@click.pass_context
+def evaluate(ctx: click.Context, run_dir: Path, data: Optional[str], bundle: Optional[Path], variant: Optional[str],
+             seed: int, as_json: bool, **data_opts: Any) -> None:
+    """Evaluate RUN_DIR (or one of its exported bundle's variants) and write a report folder.
+
+    With --data, the split options not given are the run's own, so that a re-split of the data the
+    run trained on holds out the same images (another seed would test on training images)."""
     if not (run_dir / "run.json").is_file():
         raise UserError(f"not a run directory (no run.json): {run_dir}")
-    spec = _spec(data, seed=seed, **data_opts) if data else None
     from edge_detect.bundle import BundleError
 
-    from .train import evaluate_run
+    from .train import evaluate_run, read_run_json
+
+    spec = None
+    if data:
+        opts = {"seed": seed, **data_opts}
+        try:
+            trained = read_run_json(run_dir).get("dataset")
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        trained = trained if isinstance(trained, dict) else {}
+        for key in ("seed", "val_fraction", "test_fraction", "calib_anomaly_fraction", "max_train"):
+            if ctx.get_parameter_source(key) == click.core.ParameterSource.DEFAULT and key in trained:
+                opts[key] = trained[key]
+        spec = _spec(data, **opts)
 
     try:
         m = evaluate_run(run_dir, spec, bundle, variant)

@@ -93,6 +93,12 @@ def dataset_spec(
             raise DataError(f"{name} must be in [0, 1), got {v}")
     if layout == "auto":
         layout = detect_layout(root)
+    # Said, not ignored: a user who passes these expects them to change what is evaluated.
+    if anomalies is not None and layout != "folders":
+        raise DataError(f"--anomalies only applies to the folders layout; {path} is {layout} "
+                        "(its anomalies come from its own test folders)")
+    if normal_classes and layout not in ("classes", "idx"):
+        raise DataError(f"--normal-classes only applies to the classes and idx layouts; {path} is {layout}")
     return {
         "path": str(root.resolve()),
         "layout": layout,
