@@ -307,3 +307,49 @@ def test_options_that_do_not_apply_to_the_layout_are_errors(data, tmp_path):
     line = _one_line_error(CliRunner().invoke(main, ["fit", str(tmp_path / "mv"), "--anomalies", str(bad), "--out",
                                                      str(tmp_path / "r"), *TINY]))
     assert "--anomalies only applies to the folders layout" in line and "mvtec" in line
+
+
+@pytest.mark.parametrize("family, calibration, extra, stat", [
+    ("plain", "quantile", ["--quantile", "0.95"], "p95"),
+    ("superres", "far", ["--far", "0.01", "--superres-factor", "2"], "p99"),
+])
+def test_quantile_and_far_and_superres_through_the_cli(data, tmp_path, family, calibration, extra, stat):
+    # The threshold is that quantile of the validation normals' scores (recorded as normal_stats).
+    ok, bad = data
+    out = tmp_path / "r"
+    res = CliRunner().invoke(main, ["fit", str(ok), "--anomalies", str(bad), "--out", str(out), "--model", family,
+                                    "--calibration", calibration, *extra, *TINY])
+    assert res.exit_code == 0, res.output
+    info = json.loads((out / "run.json").read_text())
+    c = info["calibration"]
+    assert c["method"] == calibration and c["threshold"] == pytest.approx(c["normal_stats"][stat])
+    assert info["model"] == family
+
+
+def test_rgb_with_a_roi_from_fit_to_the_device(tmp_path):
+    # Colour images, cropped to a region of interest: the bundle replays the same crop on the device,
+    # so the device's score of a source image equals training's score of it.
+    from edge_detect.detector import Detector
+
+    rng = np.random.default_rng(5)
+    (tmp_path / "ok").mkdir()
+    for i in range(30):
+        a = np.full((48, 64, 3), (40, 90, 160), np.uint8)
+        a[8:40, 16:48] = rng.integers(100, 140, (32, 32, 3))  # the part, inside the ROI
+        a[:, :8] = rng.integers(0, 255, (48, 8, 3))  # clutter outside it
+        Image.fromarray(a).save(tmp_path / "ok" / f"{i}.png")
+    out = tmp_path / "r"
+    res = CliRunner().invoke(main, ["fit", str(tmp_path / "ok"), "--color", "rgb", "--roi", "16,8,32,32",
+                                    "--out", str(out), *TINY])
+    assert res.exit_code == 0, res.output
+    info = json.loads((out / "run.json").read_text())
+    assert info["preprocess"]["roi"] == [16, 8, 32, 32] and info["model_params"]["input_shape"] == [16, 16, 3]
+    res = CliRunner().invoke(main, ["export", str(out), "--out", str(tmp_path / "b"), "--quant", "float32"])
+    assert res.exit_code == 0, res.output
+    det = Detector(tmp_path / "b", variant="float32")
+    img = tmp_path / "ok" / "0.png"
+    from training.train import load_run, score_keras
+
+    run = load_run(out)
+    want, _ = score_keras(run.model, run.scorer, run.preprocess(img)[None])
+    assert det.score(img.read_bytes()).score == pytest.approx(float(want[0]), rel=1e-4, abs=1e-6)
