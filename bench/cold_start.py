@@ -32,13 +32,13 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=10)
     a = ap.parse_args()
     print(common.machine_line())
-    tmp = tempfile.TemporaryDirectory()
     if a.image is None:
         from PIL import Image
 
         from edge_detect.bundle import load_bundle
 
         pre = load_bundle(a.bundle, verify=False).preprocess
+        tmp = tempfile.TemporaryDirectory()  # removed when main() returns
         a.image = str(Path(tmp.name) / "grey.png")
         grey = Image.new("L", pre.size[::-1], 128)  # PIL sizes are (width, height)
         (grey if pre.channels == 1 else grey.convert("RGB")).save(a.image)
