@@ -29,6 +29,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .atomic import write_atomic
 from .bundle import MANIFEST, BundleError
 
 SIGNATURE = "signature.ed25519"
@@ -116,11 +117,7 @@ def sign_bundle(bundle_dir: Union[str, Path], private_key: Union[str, Path, Ed25
     sig = key.sign((bundle_dir / MANIFEST).read_bytes())
     body = {"algorithm": ALGORITHM, "key_id": key_id(key.public_key()), "signed_file": MANIFEST,
             "signature": base64.b64encode(sig).decode()}
-    out = bundle_dir / SIGNATURE
-    tmp = out.with_name(out.name + ".part")
-    tmp.write_text(json.dumps(body, indent=2) + "\n")
-    os.replace(tmp, out)
-    return out
+    return write_atomic(bundle_dir / SIGNATURE, json.dumps(body, indent=2) + "\n")
 
 
 def verify_signature(bundle_dir: Union[str, Path], trusted: List[TrustedKey]) -> TrustedKey:

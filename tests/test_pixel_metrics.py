@@ -108,6 +108,25 @@ def test_evaluation_report_carries_pixel_auroc_and_pro_where_masks_exist(tmp_pat
     assert "pixel" not in evaluate_scores(splits, scores, maps, threshold=0.5)
 
 
+def test_pixel_metrics_leave_out_anomalies_whose_masks_are_unknown():
+    from training.data import Splits
+    from training.train import evaluate_scores
+
+    rng = np.random.default_rng(2)
+    masks = np.zeros((6, 16, 16), bool)
+    masks[3:5, 4:9, 5:11] = True  # image 5 is a defect without a mask: all-False, but not "normal"
+    maps = rng.random((6, 16, 16)) * 0.2 + masks * 0.5
+    maps[5] += 0.6  # its heat would count as false positives if its pixels were taken as normal
+    x = rng.random((6, 16, 16, 1)).astype(np.float32)
+    known = np.array([True] * 5 + [False])
+    splits = Splits(x_train=x[:3], x_val=x[:3], x_test=x, y_test=np.array([0, 0, 0, 1, 1, 1]),
+                    test_kinds=["good"] * 3 + ["defect"] * 3, summary={}, masks_test=masks, masks_known=known)
+    m = evaluate_scores(splits, maps.max(axis=(1, 2)), maps, threshold=0.5)
+    assert m["pixel"]["images"] == 5
+    assert m["pixel"]["pixel_auroc"] == pytest.approx(pixel_auroc(maps[:5], masks[:5]))
+    assert m["pixel"]["pixel_auroc"] > pixel_auroc(maps, masks) + 0.05
+
+
 def test_pixel_metrics_are_taken_on_the_device_heatmap_map():
     from edge_detect.heatmap import pixel_map
     from training.data import Splits

@@ -286,11 +286,16 @@ def test_evaluate_with_data_splits_it_like_the_run_did(run, data, monkeypatch):
     info = json.loads((out / "run.json").read_text())
     seen = []
     real = training.train.evaluate_run
-    monkeypatch.setattr(training.train, "evaluate_run", lambda r, spec, *a: seen.append(spec) or real(r, spec, *a))
+    monkeypatch.setattr(training.train, "evaluate_run",
+                        lambda r, spec, *a, **kw: seen.append(spec) or real(r, spec, *a, **kw))
+    fit_report = (out / "report" / "metrics.json").read_bytes()
     res = CliRunner().invoke(main, ["evaluate", str(out), "--data", str(ok), "--anomalies", str(bad), "--json"])
     assert res.exit_code == 0, res.output
     m = json.loads(res.output.strip().splitlines()[-1])
     assert m["auroc"] == pytest.approx(info["metrics"]["auroc"]) and m["tnr"] == pytest.approx(info["metrics"]["tnr"])
+    # Another dataset's report goes beside fit's, which stays as it was.
+    assert m["report"] == str(out / f"report-{ok.name}") and (out / f"report-{ok.name}" / "roc.png").is_file()
+    assert (out / "report" / "metrics.json").read_bytes() == fit_report
     res = CliRunner().invoke(main, ["evaluate", str(out), "--data", str(ok), "--anomalies", str(bad), "--json",
                                     "--seed", "0", "--test-fraction", "0.3"])  # asked for: another split
     assert res.exit_code == 0, res.output

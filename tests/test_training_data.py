@@ -36,6 +36,19 @@ def test_mvtec_layout_split_masks_and_skipped_files(mvtec_dir, caplog):
     assert not splits.masks_test[splits.y_test == 0].any()
 
 
+def test_a_defect_without_a_readable_mask_has_unknown_pixels(tmp_path, caplog):
+    root = write_mvtec(tmp_path / "m", n_train=10, bad_files=False)
+    (root / "ground_truth/square/000_mask.png").unlink()
+    (root / "ground_truth/square/001_mask.png").write_bytes(b"not a png")
+    with caplog.at_level(logging.WARNING):
+        splits = rebuild_splits(load_dataset(str(root)).spec, PRE)
+    names = [Path(it.source).name for it in splits.items_test]
+    unknown = {names[i] for i in np.nonzero(~splits.masks_known)[0]}
+    assert {names[i] for i in np.nonzero(splits.y_test == 1)[0]} - unknown == {f"{i:03d}.png" for i in range(2, 8)}
+    assert len(unknown) == 2 and splits.masks_known[splits.y_test == 0].all()
+    assert "001_mask.png" in caplog.text  # the unreadable mask is named, the image is still scored
+
+
 def test_split_is_reproducible_from_the_spec(mvtec_dir):
     a = load_dataset(str(mvtec_dir), seed=1)
     b = Dataset.from_spec(a.spec)  # what export does with run.json's dataset block
@@ -113,6 +126,12 @@ def test_missing_and_empty_folders(tmp_path):
         load_dataset(str(tmp_path / "nope"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no training images"):
+        load_dataset(str(tmp_path / "empty"))
+    (tmp_path / "empty" / "notes.txt").write_text("not an image\n")
+    with pytest.raises(DataError, match=r"no image files in .*empty \(only 1 other file\(s\), e\.g\. notes\.txt"):
+        load_dataset(str(tmp_path / "empty"))
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "empty" / "a.png")
+    with pytest.raises(DataError, match=r"only 1 training image\(s\) in .*empty: too few"):
         load_dataset(str(tmp_path / "empty"))
     with pytest.raises(DataError, match="val_fraction"):
         load_dataset(str(tmp_path), val_fraction=1.5)

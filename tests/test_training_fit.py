@@ -53,6 +53,13 @@ def test_cli_fit_writes_run_dir_and_evaluate_reads_it(mvtec_dir, tmp_path):
     assert res.exit_code == 0, res.output
     m = json.loads(res.output.strip().splitlines()[-1])
     assert m["auroc"] == pytest.approx(info["metrics"]["auroc"])
+    # The summary counts the two bad files of the mvtec fixture, and says where the report went.
+    res = CliRunner().invoke(main, ["evaluate", str(run), "--data", str(mvtec_dir), "--seed", "1",
+                                    "--report", str(run / "elsewhere")])
+    assert res.exit_code == 0, res.output
+    assert "8 test normal, 8 test anomalous, 4 validation, 2 skipped" in res.output
+    assert "pixel AUROC" in res.output and "(on 16 images with ground truth)" in res.output
+    assert res.output.rstrip().endswith(f"report: {run / 'elsewhere'}") and (run / "elsewhere" / "roc.png").is_file()
 
 
 @pytest.mark.slow
@@ -64,7 +71,7 @@ def test_dilated_with_best_f1_on_held_out_anomalies(mvtec_dir, tmp_path):
     assert info["data_summary"]["counts"]["calib_anomalous"] == 4 and info["metrics"]["n_anomalous"] == 4
     assert info["calibration"]["method"] == "best_f1"
     assert info["calibration"]["threshold"] == info["calibration"]["thresholds"]["best_f1"]
-    assert info["scoring"]["method"] == "ssim"
+    assert info["scoring"]["method"] == "ssim" and info["config"]["loss"] == "ssim_l1"
 
 
 @pytest.mark.parametrize(
@@ -96,6 +103,7 @@ def test_denoising_fit_through_each_input_pipeline(mvtec_dir, tmp_path, noise):
     info = fit(spec, cfg, tmp_path / noise, verbose=0)
     loss = info["history"]["loss"]
     assert len(loss) == 2 and np.isfinite(loss).all() and info["config"]["noise"] == noise
+    assert info["config"]["loss"] == "mae"  # the default is recorded by name, not as null
     assert info["metrics"]["n_anomalous"] == 8 and np.isfinite(info["metrics"]["auroc"])
     if noise == "gaussian":  # pixel metrics judge the device's smoothed heatmap map, not the raw error
         from edge_detect.heatmap import pixel_map

@@ -242,10 +242,12 @@ def fit(ctx: click.Context, data: str, family: str, out_dir: Path, input_size: i
 @click.option("--variant", help="Bundle variant (default: the bundle's default).")
 @click.option("--seed", type=int, default=0, help="Split seed for --data [default: the run's].")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path),
+              help="Report folder [default: RUN_DIR/report, report-VARIANT for --bundle, plus -DATA_NAME with --data].")
 @_data_options
 @click.pass_context
 def evaluate(ctx: click.Context, run_dir: Path, data: Optional[str], bundle: Optional[Path], variant: Optional[str],
-             seed: int, as_json: bool, **data_opts: Any) -> None:
+             seed: int, as_json: bool, report_dir: Optional[Path], **data_opts: Any) -> None:
     """Evaluate RUN_DIR (or one of its exported bundle's variants) and write a report folder.
 
     With --data, the split options not given are the run's own, so that a re-split of the data the
@@ -270,13 +272,17 @@ def evaluate(ctx: click.Context, run_dir: Path, data: Optional[str], bundle: Opt
         spec = _spec(data, **opts)
 
     try:
-        m = evaluate_run(run_dir, spec, bundle, variant)
+        m = evaluate_run(run_dir, spec, bundle, variant, report_dir=report_dir)
     except (DataError, BundleError, ValueError) as e:
         raise UserError(str(e)) from None
     if as_json:
         click.echo(json.dumps(m))
     else:
+        d = m["data"]
+        click.echo(f"data: {d['test_normal']} test normal, {d['test_anomalous']} test anomalous, "
+                   f"{d['val']} validation, {d['skipped']} skipped")
         click.echo(_metrics_lines(m))
+        click.echo(f"report: {m['report']}")
 
 
 def _fmt(v: Optional[float], pct: bool = False) -> str:
@@ -299,7 +305,9 @@ def _metrics_lines(m: Dict[str, Any]) -> str:
     for kind, km in (m.get("per_kind") or {}).items():
         lines.append(f"  {kind:<16} n={km['n']:<5} AUROC {_fmt(km['auroc'])}  TPR {_fmt(km['tpr'], True)}")
     if m.get("pixel"):
-        lines.append(f"pixel AUROC {_fmt(m['pixel'].get('pixel_auroc'))}   PRO {_fmt(m['pixel'].get('pro'))}")
+        n = m["pixel"].get("images")
+        on = f"   (on {n} images with ground truth)" if n is not None else ""
+        lines.append(f"pixel AUROC {_fmt(m['pixel'].get('pixel_auroc'))}   PRO {_fmt(m['pixel'].get('pro'))}{on}")
     return "\n".join(lines)
 
 

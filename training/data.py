@@ -64,6 +64,9 @@ class Splits:
     train_classes: List[str] = field(default_factory=list)
     test_classes: List[str] = field(default_factory=list)
     masks_test: Optional[np.ndarray] = None
+    # Which test images' masks are ground truth: normals (all-normal) and anomalies with a readable
+    # mask. An anomaly without one has unknown pixels, so pixel metrics leave it out.
+    masks_known: Optional[np.ndarray] = None
     x_calib_anomalies: Optional[np.ndarray] = None
     items_test: List[Item] = field(default_factory=list)
 
@@ -237,9 +240,20 @@ def list_items(spec: Dict[str, Any]) -> Tuple[List[Item], List[Item]]:
     return train, test
 
 
+def _image_item(it: Item) -> bool:
+    return it.index >= 0 or Path(it.source).suffix.lower() in IMAGE_SUFFIXES
+
+
 def split_items(spec: Dict[str, Any]) -> Dict[str, List[Item]]:
     """Train / validation / test (and calibration anomalies) items, reproducible from spec['seed']."""
-    train, test = list_items(spec)
+    listed, test = list_items(spec)
+    # Files that are not images by name stay out of the split (so they cannot take a validation
+    # place) and go with the training ones, where loading names and counts each as skipped.
+    train = [it for it in listed if _image_item(it)]
+    others = [it for it in listed if not _image_item(it)]
+    if not train:
+        raise DataError(f"no image files in {spec['path']} (only {len(others)} other file(s), "
+                        f"e.g. {Path(others[0].source).name}; images are {', '.join(sorted(IMAGE_SUFFIXES))})")
     rng = np.random.default_rng(spec["seed"])
     order = rng.permutation(len(train))
     train = [train[i] for i in order]
@@ -247,12 +261,14 @@ def split_items(spec: Dict[str, Any]) -> Dict[str, List[Item]]:
     n_test = 0 if has_test_normals or not test else int(round(spec["test_fraction"] * len(train)))
     n_val = max(1, int(round(spec["val_fraction"] * len(train))))
     if len(train) - n_test - n_val < 1:
-        raise DataError(f"only {len(train)} training images: too few to hold out validation and test splits")
+        raise DataError(f"only {len(train)} training image(s) in {spec['path']}: too few to hold out validation "
+                        "and test splits")
     test = train[:n_test] + test
     val = train[n_test : n_test + n_val]
     train = train[n_test + n_val :]
     if spec.get("max_train"):
         train = train[: spec["max_train"]]
+    train += others
     calib: List[Item] = []
     frac = spec.get("calib_anomaly_fraction") or 0.0
     if frac > 0:
@@ -336,7 +352,7 @@ def load_items(items: Sequence[Item], pre: Preprocess, desc: str = "") -> Tuple[
     kept: List[int] = []
     skipped: List[str] = []
     for i, it in enumerate(_progress(items, desc)):
-        if it.index < 0 and Path(it.source).suffix.lower() not in IMAGE_SUFFIXES:
+        if not _image_item(it):
             _skip(skipped, it.source, "not an image file")
             continue
         try:
@@ -357,14 +373,24 @@ def _skip(skipped: List[str], source: str, reason: str) -> None:
     skipped.append(source)
 
 
-def load_masks(items: Sequence[Item], pre: Preprocess) -> Optional[np.ndarray]:
-    """Ground-truth masks resized like the images (nearest), (N, H, W) bool; None if no item has one."""
+def load_masks(items: Sequence[Item], pre: Preprocess) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """Ground-truth masks resized like the images (nearest), (N, H, W) bool, and (N,) bool: whose
+    masks are known (normals, and anomalies whose mask file reads). (None, None) if no item has one."""
     if not any(it.mask for it in items):
-        return None
+        return None, None
     mask_pre = Preprocess(pre.size, "gray", pre.roi, "nearest", 1 / 255.0, 0.0, draft=False)
-    return np.stack([
-        mask_pre(it.mask)[..., 0] > 0.5 if it.mask else np.zeros(pre.size, bool) for it in items
-    ])
+    masks = np.zeros((len(items), *pre.size), bool)
+    known = np.array([it.label == 0 for it in items], bool)
+    for i, it in enumerate(items):
+        if not it.mask:
+            continue
+        try:
+            masks[i] = mask_pre(it.mask)[..., 0] > 0.5
+        except (ImageError, OSError) as e:
+            log.warning("ignored the mask %s: %s", it.mask, e)
+            continue
+        known[i] = True
+    return masks, known
 
 
 def _progress(items: Sequence[Any], desc: str):
@@ -398,6 +424,7 @@ def rebuild_splits(spec: Dict[str, Any], pre: Preprocess, with_test: bool = True
     x_test, kept_te, skip_te = load_items(test_items, pre, "test")
     test_items = [test_items[i] for i in kept_te]
     x_cal, _, skip_cal = load_items(parts["calib"], pre, "calibration")
+    masks, masks_known = load_masks(test_items, pre)
     for name, x, skip in (("training", x_train, skip_tr), ("validation", x_val, skip_val)):
         if len(x) == 0:
             # Say why on the one line, e.g. every file a float TIFF the preprocessing refuses.
@@ -428,7 +455,8 @@ def rebuild_splits(spec: Dict[str, Any], pre: Preprocess, with_test: bool = True
         summary=summary,
         train_classes=[parts["train"][i].cls for i in kept_tr],
         test_classes=[it.cls for it in test_items],
-        masks_test=load_masks(test_items, pre) if test_items else None,
+        masks_test=masks,
+        masks_known=masks_known,
         x_calib_anomalies=x_cal if len(x_cal) else None,
         items_test=test_items,
     )

@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from edge_detect.atomic import write_atomic
 from edge_detect.oneline import first_line
 from edge_detect.preprocess import Preprocess
 
@@ -261,8 +262,7 @@ def export_one_pass(model: Any, representative: np.ndarray, out: Union[str, Path
     if diff > 1e-4:
         raise ExplainError(f"the batch-1 logit rebuild differs from the trained explainer (max |diff| {diff:.3g})")
     blob, _ = convert(logit, "int8", np.asarray(representative, np.float32))
-    out = Path(out)
-    out.write_bytes(blob)
+    out = write_atomic(out, blob)
     left = float_ops(op_table(out))
     if left:
         raise ExplainError(f"explainer keeps float ops after int8 conversion: {', '.join(left)}")
@@ -288,13 +288,15 @@ def save_explainer(out_dir: Union[str, Path], model: Any, pre: Preprocess, summa
 
     representative: int8 calibration inputs with anomalies in them (:func:`representative_set`).
     """
+    from .train import save_keras_model
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save(out_dir / EXPLAINER_KERAS)
+    save_keras_model(model, out_dir / EXPLAINER_KERAS)
     export_one_pass(model, representative, out_dir / EXPLAINER_TFLITE)
     doc = {"kind": "one-pass-explainer", "preprocess": pre.to_dict(), "tflite_output": "logit", **summary,
            "tflite_bytes": (out_dir / EXPLAINER_TFLITE).stat().st_size}
-    (out_dir / EXPLAINER_JSON).write_text(json.dumps(doc, indent=2) + "\n")
+    write_atomic(out_dir / EXPLAINER_JSON, json.dumps(doc, indent=2) + "\n")
     return out_dir
 
 

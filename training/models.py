@@ -108,9 +108,14 @@ def ssim_l1_loss(alpha: float = 0.84):
 LOSSES = ("mae", "mse", "ssim_l1")
 
 
+def loss_name(family: str, loss: Optional[str] = None) -> str:
+    """``loss`` if given, else the family's default: SSIM + L1 for dilated, MAE otherwise."""
+    return loss or ("ssim_l1" if family == "dilated" else "mae")
+
+
 def loss_for(family: str, loss: Optional[str] = None):
-    """The Keras loss for ``family``: ``loss`` if given, else SSIM + L1 for dilated and MAE otherwise."""
-    loss = loss or ("ssim_l1" if family == "dilated" else "mae")
+    """The Keras loss for ``family`` (see :func:`loss_name`)."""
+    loss = loss_name(family, loss)
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     return ssim_l1_loss() if loss == "ssim_l1" else loss

@@ -39,13 +39,19 @@ def histogram(val_scores: np.ndarray, test_scores: np.ndarray, labels: np.ndarra
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     allv = np.concatenate([val_scores, test_scores, [threshold]])
     bins = np.linspace(allv.min(), np.quantile(allv, 0.995) * 1.05 + 1e-12, 60)
-    ax.hist(val_scores, bins, alpha=0.5, label=f"validation normal ({len(val_scores)})", color="tab:blue")
+    # The far tail would squeeze the interesting part into a few bars: it piles into the last one.
+    beyond = int((allv[:-1] > bins[-1]).sum())
+
+    def hist(v: np.ndarray, **kw: Any) -> None:
+        ax.hist(np.clip(v, bins[0], bins[-1]), bins, alpha=0.5, **kw)
+
+    hist(val_scores, label=f"validation normal ({len(val_scores)})", color="tab:blue")
     if len(test_scores):
         y = np.asarray(labels).astype(bool)
-        ax.hist(test_scores[~y], bins, alpha=0.5, label=f"test normal ({(~y).sum()})", color="tab:green")
-        ax.hist(test_scores[y], bins, alpha=0.5, label=f"test anomalous ({y.sum()})", color="tab:red")
+        hist(test_scores[~y], label=f"test normal ({(~y).sum()})", color="tab:green")
+        hist(test_scores[y], label=f"test anomalous ({y.sum()})", color="tab:red")
     ax.axvline(threshold, color="k", ls="--", label=f"threshold {threshold:.4g}")
-    ax.set_xlabel("anomaly score")
+    ax.set_xlabel("anomaly score" + (f"   (last bar: also {beyond} scores above {bins[-1]:.4g})" if beyond else ""))
     ax.set_ylabel("images")
     ax.legend(fontsize=8)
     fig.tight_layout()

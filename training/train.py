@@ -18,6 +18,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from edge_detect.atomic import write_atomic
 from edge_detect.bundle import read_json
 from edge_detect.oneline import first_line
 from edge_detect.preprocess import Preprocess
@@ -159,7 +160,7 @@ def fit(spec: Dict[str, Any], cfg: FitConfig, out_dir: Path, verbose: int = 1,
     import keras
     import tensorflow as tf
 
-    from .models import build_model, loss_for
+    from .models import build_model, loss_for, loss_name
     from .pipeline import shuffled_batches
 
     out_dir = Path(out_dir)
@@ -218,7 +219,8 @@ def fit(spec: Dict[str, Any], cfg: FitConfig, out_dir: Path, verbose: int = 1,
         "family": "autoencoder",
         "model": cfg.family,
         "model_params": {**params, "input_shape": list(pre.shape)},
-        "config": {k: v for k, v in cfg.__dict__.items() if k != "model_params"},
+        "config": {**{k: v for k, v in cfg.__dict__.items() if k != "model_params"},
+                   "loss": loss_name(cfg.family, cfg.loss)},
         "preprocess": pre.to_dict(),
         "scoring": scorer.to_dict(),
         "dataset": spec,
@@ -273,14 +275,14 @@ def evaluate_scores(splits: Splits, scores: np.ndarray, maps: Optional[np.ndarra
     if splits.masks_test is not None and maps is not None:
         from .pixel_metrics import pixel_metrics
 
-        m["pixel"] = pixel_metrics(maps, splits.masks_test)
+        known = splits.masks_known if splits.masks_known is not None else np.ones(len(scores), bool)
+        m["pixel"] = pixel_metrics(maps[known], splits.masks_test[known])
+        m["pixel"]["images"] = int(known.sum())
     return m
 
 
 def write_run_json(out_dir: Path, info: Dict[str, Any]) -> None:
-    tmp = out_dir / "run.json.part"
-    tmp.write_text(json.dumps(info, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, out_dir / "run.json")
+    write_atomic(Path(out_dir) / "run.json", json.dumps(info, indent=2, default=_json_default) + "\n")
 
 
 # What reading a run back needs from run.json, per family (ValueError naming the file and key otherwise).
@@ -384,10 +386,13 @@ def evaluate_run(
     bundle: Optional[Path] = None,
     variant: Optional[str] = None,
     report: bool = True,
+    report_dir: Optional[Path] = None,
 ) -> Dict[str, Any]:
     """Metrics of a run (Keras model) or of one of its bundle's variants (device code) on a dataset.
 
     spec: the dataset to evaluate on (default: the run's own held-out split).
+    report_dir: default RUN_DIR/report (report-VARIANT for a bundle), with "-DATA" added when
+    ``spec`` is another dataset, so that fit's own report is not overwritten.
     """
     info = read_run_json(run_dir)
     spec = spec or info["dataset"]
@@ -416,13 +421,20 @@ def evaluate_run(
         where = f"run {run_dir} (Keras float32)"
     metrics = evaluate_scores(splits, scores, maps, threshold)
     metrics["evaluated"] = where
+    metrics["data"] = splits.summary["counts"]
+    metrics["skipped_files"] = splits.summary["skipped_files"]
     metrics["scores"] = {"test": [float(s) for s in scores], "labels": splits.y_test.tolist(),
                          "images": [it.source if it.index < 0 else f"{it.source}#{it.index}"
                                     for it in splits.items_test]}
     if report:
         from .report import write_report
 
-        name = f"report-{det.variant}" if bundle is not None else "report"
-        write_report(Path(run_dir) / name, metrics, val_scores, scores, splits, threshold, maps, pre)
+        if report_dir is None:
+            name = f"report-{det.variant}" if bundle is not None else "report"
+            if spec is not info["dataset"]:
+                name += "-" + (Path(spec["path"]).name or "data")
+            report_dir = Path(run_dir) / name
+        metrics["report"] = str(report_dir)
+        write_report(report_dir, metrics, val_scores, scores, splits, threshold, maps, pre)
     return metrics
 
