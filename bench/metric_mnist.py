@@ -80,7 +80,7 @@ def train(args: argparse.Namespace, d: Dict[str, np.ndarray], pp: Preprocess, ru
         x_fit, y_fit, n_classes = np.concatenate([x_fit, x_syn]), np.r_[y_fit, np.full(len(x_syn), 10)], 11
     if args.aux:
         # Outlier exposure with unrelated real pictures (any folders), as in `edge-train fit --aux`.
-        x_aux = np.concatenate([metric.load_aux(a, pp) for a in args.aux.split(",")])
+        x_aux = np.concatenate([metric.load_aux(a, pp)[0] for a in args.aux.split(",")])
         x_fit, y_fit = np.concatenate([x_fit, x_aux]), np.r_[y_fit, np.full(len(x_aux), 10)]
         n_classes = 11
     model_path = run / "model.keras"

@@ -10,6 +10,7 @@ import io
 import math
 import numbers
 import re
+import stat
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -175,7 +176,10 @@ def _open(source: Any) -> Image.Image:
                     raise ImageError("empty image data (0 bytes)")
                 return Image.open(io.BytesIO(bytes(source)))
             path = Path(source)
-            if path.stat().st_size == 0:
+            st = path.stat()
+            if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block the read
+                raise ImageError(f"not a regular file: {path}")
+            if st.st_size == 0:
                 raise ImageError(f"empty file (0 bytes): {path}")
             return Image.open(path)
     except ImageError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -135,3 +136,98 @@ def test_missing_and_empty_folders(tmp_path):
         load_dataset(str(tmp_path / "empty"))
     with pytest.raises(DataError, match="val_fraction"):
         load_dataset(str(tmp_path), val_fraction=1.5)
+
+
+def _pngs(folder, n, start=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(start, start + n):
+        Image.fromarray(np.full((8, 8), 10 * i % 256, np.uint8)).save(folder / f"{i:03d}.png")
+
+
+def test_folder_listing_follows_linked_folders_and_names_what_it_cannot_read(tmp_path, caplog):
+    root = tmp_path / "ok"
+    _pngs(root, 20)
+    _pngs(tmp_path / "elsewhere", 5, start=100)
+    (root / "more").symlink_to(tmp_path / "elsewhere")  # followed, once
+    (tmp_path / "elsewhere" / "loop").symlink_to(tmp_path / "elsewhere")  # a loop must end
+    _pngs(root / ".thumbs", 3, start=200)  # a hidden folder is not data
+    (root / "gone.png").symlink_to(tmp_path / "deleted.png")  # a broken link is named and counted
+    (root / os.fsdecode(b"odd\xffname.png")).write_bytes((root / "000.png").read_bytes())  # not UTF-8
+    ds = load_dataset(str(root))
+    names = sorted(Path(it.source).name for part in ds.splits.values() for it in part)
+    assert len(names) == 27 and "gone.png" in names and not any(n.startswith("2") for n in names)
+    with caplog.at_level(logging.WARNING):
+        splits = rebuild_splits(ds.spec, PRE)
+    assert splits.summary["counts"]["skipped"] == 1 and "gone.png: no such file" in caplog.text
+    assert len(splits.x_train) + len(splits.x_val) == 26 and len(splits.summary["content_sha256"]) == 64
+
+
+def test_anomaly_folder_inside_the_data_folder_is_not_trained_on(tmp_path):
+    root = tmp_path / "data"
+    _pngs(root, 30)
+    _pngs(root / "bad", 6, start=50)
+    ds = load_dataset(str(root), anomalies=str(root / "bad"))
+    normals = [it for part in ("train", "val") for it in ds.splits[part]]
+    assert len(normals) + sum(it.label == 0 for it in ds.splits["test"]) == 30
+    assert not any("/bad/" in it.source for it in normals) and sum(it.label for it in ds.splits["test"]) == 6
+
+
+def test_data_that_is_an_image_file_or_was_moved_is_a_one_line_error(tmp_path):
+    _pngs(tmp_path / "d", 12)
+    with pytest.raises(DataError, match=r"000\.png is a file: DATA is a folder of images"):
+        load_dataset(str(tmp_path / "d" / "000.png"))
+    ds = load_dataset(str(tmp_path / "d"))
+    shutil.move(tmp_path / "d", tmp_path / "e")
+    with pytest.raises(DataError, match=r"data not found: .*/d \(moved or deleted"):
+        rebuild_splits(ds.spec, PRE)
+
+
+def test_a_changed_data_folder_warns_that_the_split_is_drawn_again(tmp_path, caplog):
+    from training.data import rebuild_run_splits
+
+    _pngs(tmp_path / "d", 12)
+    ds = load_dataset(str(tmp_path / "d"))
+    info = {"dataset": ds.spec, "data_summary": rebuild_splits(ds.spec, PRE).summary}
+    with caplog.at_level(logging.WARNING):
+        rebuild_run_splits(info, PRE)
+    assert "changed since" not in caplog.text
+    _pngs(tmp_path / "d", 1, start=40)
+    with caplog.at_level(logging.WARNING):
+        rebuild_run_splits(info, PRE)
+    assert "changed since the run was trained" in caplog.text
+
+
+def test_masks_any_nonzero_pixel_and_wrong_shapes_or_empty_ones_are_ignored(tmp_path, caplog):
+    root = write_mvtec(tmp_path / "m", n_train=10, bad_files=False)
+    gt = root / "ground_truth/square"
+    m0 = np.asarray(Image.open(gt / "000_mask.png"))
+    Image.fromarray((m0 > 0).astype(np.uint8)).save(gt / "000_mask.png")  # 0/1 values
+    Image.fromarray(np.stack([m0, 0 * m0, 0 * m0], -1)).save(gt / "001_mask.png")  # red on black
+    Image.fromarray(np.asarray(Image.open(gt / "002_mask.png"))[:16]).save(gt / "002_mask.png")  # half height
+    Image.fromarray(0 * m0).save(gt / "003_mask.png")  # marks nothing
+    with caplog.at_level(logging.WARNING):
+        splits = rebuild_splits(load_dataset(str(root)).spec, PRE)
+    names = [Path(it.source).name for it in splits.items_test]
+    by_name = {(names[i], splits.y_test[i]): i for i in range(len(names))}
+    for n in ("000.png", "001.png"):
+        i = by_name[(n, 1)]
+        assert splits.masks_known[i] and splits.masks_test[i].any()
+    assert not splits.masks_known[by_name[("002.png", 1)]] and not splits.masks_known[by_name[("003.png", 1)]]
+    assert "002_mask.png: its 32x16 px do not have the shape" in caplog.text
+    assert "003_mask.png: it marks no defect pixel" in caplog.text
+
+
+def test_corrupt_idx_headers_are_data_errors(tmp_path):
+    header = bytes([0, 0, 8, 3]) + b"".join(int(d).to_bytes(4, "big") for d in (2**31, 2**31, 2**31))
+    (tmp_path / "huge").mkdir()
+    (tmp_path / "huge" / "train-images-idx3-ubyte").write_bytes(header + bytes(100))
+    write_idx_file(tmp_path / "train-images-idx3-ubyte.gz", np.zeros((40, 0, 16), np.uint8))
+    read_idx.cache_clear()
+    with pytest.raises(DataError, match=r"truncated IDX file \(100 of 9903520314283042199192993792 bytes\)"):
+        load_dataset(str(tmp_path / "huge"))
+    with pytest.raises(DataError, match="images of 0x16 px"):
+        load_dataset(str(tmp_path))
+    write_idx_file(tmp_path / "train-images-idx3-ubyte.gz", np.zeros((40, 8, 8), np.uint8))
+    read_idx.cache_clear()
+    with pytest.raises(DataError, match=r"--normal-classes needs labels: no \*idx1-ubyte\[\.gz\] labels file in"):
+        load_dataset(str(tmp_path), normal_classes=["1"])

@@ -275,6 +275,8 @@ def evaluate(ctx: click.Context, run_dir: Path, data: Optional[str], bundle: Opt
         m = evaluate_run(run_dir, spec, bundle, variant, report_dir=report_dir)
     except (DataError, BundleError, ValueError) as e:
         raise UserError(str(e)) from None
+    except OSError as e:
+        raise UserError(f"cannot use {e.filename or run_dir}: {e.strerror or e}") from None
     if as_json:
         click.echo(json.dumps(m))
     else:

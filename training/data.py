@@ -19,6 +19,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import math
+import os
 import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from PIL import Image
 
 from edge_detect.preprocess import ImageError, Preprocess
 
@@ -95,7 +98,10 @@ def dataset_spec(
         if not 0.0 <= v < 1.0:
             raise DataError(f"{name} must be in [0, 1), got {v}")
     if layout == "auto":
-        layout = detect_layout(root)
+        try:
+            layout = detect_layout(root)
+        except OSError as e:
+            raise DataError(f"cannot read {e.filename or path}: {e.strerror or e}") from None
     # Said, not ignored: a user who passes these expects them to change what is evaluated.
     if anomalies is not None and layout != "folders":
         raise DataError(f"--anomalies only applies to the folders layout; {path} is {layout} "
@@ -116,7 +122,11 @@ def dataset_spec(
 
 
 def detect_layout(root: Path) -> str:
-    if root.is_file() or any(p.name.endswith(("idx3-ubyte", "idx3-ubyte.gz")) for p in root.iterdir()):
+    if root.is_file():
+        if root.name.endswith(("idx3-ubyte", "idx3-ubyte.gz")):
+            return "idx"
+        raise DataError(f"{root} is a file: DATA is a folder of images (or an MNIST-style *idx3-ubyte[.gz] file)")
+    if any(p.name.endswith(("idx3-ubyte", "idx3-ubyte.gz")) for p in root.iterdir()):
         return "idx"
     if (root / "train" / "good").is_dir():
         return "mvtec"
@@ -128,17 +138,39 @@ def detect_layout(root: Path) -> str:
 # -- listing items ----------------------------------------------------------------------------
 
 
-def _files(folder: Path) -> List[Path]:
+def list_files(folder: Path, exclude: Optional[str] = None) -> List[Path]:
+    """Every file under ``folder``, sorted; hidden files and folders (".name") left out.
+
+    Symlinked folders are followed (each real folder once, so a loop ends). Broken links and folders
+    that cannot be listed are returned too, so that loading names each one and counts it as skipped.
+    ``exclude``: a folder inside ``folder`` to leave out (the --anomalies folder).
+    """
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    out: List[Path] = []
+    seen = set()
+    skip = os.path.realpath(exclude) if exclude else None
+
+    def unlistable(e: OSError) -> None:
+        out.append(Path(e.filename))
+
+    for top, dirs, names in os.walk(folder, followlinks=True, onerror=unlistable):
+        real = os.path.realpath(top)
+        if real in seen or real == skip:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        out += [Path(top) / n for n in names if not n.startswith(".")]
+    return sorted(out)
 
 
 def _list_mvtec(root: Path) -> Tuple[List[Item], List[Item]]:
-    train = [Item(str(p)) for p in _files(root / "train" / "good")]
+    train = [Item(str(p)) for p in list_files(root / "train" / "good")]
     test: List[Item] = []
-    for d in sorted(p for p in (root / "test").iterdir() if p.is_dir()) if (root / "test").is_dir() else []:
-        for p in _files(d):
+    for d in sorted(p for p in (root / "test").iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if (root / "test").is_dir() else []:
+        for p in list_files(d):
             mask = root / "ground_truth" / d.name / f"{p.stem}_mask.png"
             test.append(Item(str(p), label=int(d.name != "good"), kind=d.name,
                              mask=str(mask) if mask.is_file() else None))
@@ -148,17 +180,17 @@ def _list_mvtec(root: Path) -> Tuple[List[Item], List[Item]]:
 def _list_classes(root: Path, normal: Optional[Sequence[str]]) -> Tuple[List[Item], List[Item]]:
     if not (root / "train").is_dir():
         raise DataError(f"{root}: no train/ folder of class folders (layout classes)")
-    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir() and not p.name.startswith("."))
     normal_set = set(normal) if normal else set(classes)
     unknown = normal_set - set(classes)
     if unknown:
         raise DataError(f"normal class(es) {sorted(unknown)} not found under {root / 'train'}")
-    train = [Item(str(p), cls=c) for c in classes if c in normal_set for p in _files(root / "train" / c)]
+    train = [Item(str(p), cls=c) for c in classes if c in normal_set for p in list_files(root / "train" / c)]
     test = []
     if (root / "test").is_dir():
-        for d in sorted(p for p in (root / "test").iterdir() if p.is_dir()):
+        for d in sorted(p for p in (root / "test").iterdir() if p.is_dir() and not p.name.startswith(".")):
             bad = d.name not in normal_set
-            test += [Item(str(p), label=int(bad), kind=d.name if bad else "good", cls=d.name) for p in _files(d)]
+            test += [Item(str(p), label=int(bad), kind=d.name if bad else "good", cls=d.name) for p in list_files(d)]
     return train, test
 
 
@@ -185,8 +217,11 @@ def read_idx(path: str) -> np.ndarray:
             raise DataError(f"{path}: not an unsigned-byte IDX file")
         shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
         arr = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
-        if arr.size != int(np.prod(shape)):
-            raise DataError(f"{path}: truncated IDX file ({arr.size} of {int(np.prod(shape))} bytes)")
+        want = math.prod(shape)  # Python ints: a corrupt header must not overflow into a negative size
+        if arr.size != want:
+            raise DataError(f"{path}: truncated IDX file ({arr.size} of {want} bytes)")
+        if ndim == 3 and 0 in shape[1:]:
+            raise DataError(f"{path}: images of {shape[1]}x{shape[2]} px")
         return arr.reshape(shape)
     except (OSError, EOFError, struct.error) as e:
         raise DataError(f"{path}: unreadable IDX file ({e})") from None
@@ -206,6 +241,8 @@ def _list_idx(root: Path, normal: Optional[Sequence[str]]) -> Tuple[List[Item], 
             raise DataError(f"{f[f'{split}_images']}: not an images IDX file (shape {images.shape}, want N x H x W)")
         n = images.shape[0]
         labels = read_idx(str(f[f"{split}_labels"])) if f"{split}_labels" in f else None
+        if split == "train" and labels is None and normal_set is not None:
+            raise DataError(f"--normal-classes needs labels: no *idx1-ubyte[.gz] labels file in {root}")
         if labels is not None and labels.shape != (n,):
             raise DataError(f"{f[f'{split}_labels']}: {labels.shape[0]} labels for the {n} images "
                             f"in {f[f'{split}_images'].name}")
@@ -225,6 +262,8 @@ def _list_idx(root: Path, normal: Optional[Sequence[str]]) -> Tuple[List[Item], 
 def list_items(spec: Dict[str, Any]) -> Tuple[List[Item], List[Item]]:
     """(train normals, test items) as the layout describes them, before the split."""
     root, layout = Path(spec["path"]), spec["layout"]
+    if not root.exists():  # a spec from run.json outlives its data
+        raise DataError(f"data not found: {root} (moved or deleted since the run was trained?)")
     if layout == "mvtec":
         train, test = _list_mvtec(root)
     elif layout == "classes":
@@ -232,9 +271,10 @@ def list_items(spec: Dict[str, Any]) -> Tuple[List[Item], List[Item]]:
     elif layout == "idx":
         train, test = _list_idx(root, spec.get("normal_classes"))
     else:
-        train, test = [Item(str(p)) for p in _files(root)], []
+        train, test = [Item(str(p)) for p in list_files(root, exclude=spec.get("anomalies"))], []
         if spec.get("anomalies"):
-            test = [Item(str(p), label=1, kind=Path(spec["anomalies"]).name) for p in _files(Path(spec["anomalies"]))]
+            bad = Path(spec["anomalies"])
+            test = [Item(str(p), label=1, kind=bad.name) for p in list_files(bad)]
     if not train:
         raise DataError(f"no training images found in {root} (layout {layout})")
     return train, test
@@ -353,7 +393,8 @@ def load_items(items: Sequence[Item], pre: Preprocess, desc: str = "") -> Tuple[
     skipped: List[str] = []
     for i, it in enumerate(_progress(items, desc)):
         if not _image_item(it):
-            _skip(skipped, it.source, "not an image file")
+            why = "a folder that cannot be read" if os.path.isdir(it.source) else "not an image file"
+            _skip(skipped, it.source, why)
             continue
         try:
             out[len(kept)] = pre(_pixels(it))
@@ -368,26 +409,40 @@ _skip_reasons: Dict[str, str] = {}  # file -> why it was skipped, for the one-li
 
 
 def _skip(skipped: List[str], source: str, reason: str) -> None:
-    log.warning("skipped %s: %s", source, reason)
+    # A newline or an undecodable byte in a file name must not break the one-line warning.
+    log.warning("skipped %s: %s", source if source.isprintable() else ascii(source), reason)
     _skip_reasons[source] = reason
     skipped.append(source)
 
 
 def load_masks(items: Sequence[Item], pre: Preprocess) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
     """Ground-truth masks resized like the images (nearest), (N, H, W) bool, and (N,) bool: whose
-    masks are known (normals, and anomalies whose mask file reads). (None, None) if no item has one."""
+    masks are known (normals, and anomalies whose mask file reads). (None, None) if no item has one.
+
+    Any non-zero mask pixel is a defect (0/255 MVTec masks, 0/1 masks and coloured ones alike). A
+    mask whose shape differs from its image's, or that marks nothing on a defect image, is ignored
+    with a warning: stretched or empty, it would only make the pixel metrics wrong.
+    """
     if not any(it.mask for it in items):
         return None, None
-    mask_pre = Preprocess(pre.size, "gray", pre.roi, "nearest", 1 / 255.0, 0.0, draft=False)
+    mask_pre = Preprocess(pre.size, "gray", pre.roi, "nearest", 1.0, 0.0, draft=False)
     masks = np.zeros((len(items), *pre.size), bool)
     known = np.array([it.label == 0 for it in items], bool)
     for i, it in enumerate(items):
         if not it.mask:
             continue
         try:
-            masks[i] = mask_pre(it.mask)[..., 0] > 0.5
+            with Image.open(it.source) as im, Image.open(it.mask) as mk:
+                if im.size != mk.size and abs(im.size[0] * mk.size[1] - im.size[1] * mk.size[0]) > 0.01 * (
+                        im.size[0] * mk.size[1]):
+                    raise ImageError(f"its {mk.size[0]}x{mk.size[1]} px do not have the shape of the "
+                                     f"{im.size[0]}x{im.size[1]} px image")
+            masks[i] = mask_pre(it.mask)[..., 0] > 0
         except (ImageError, OSError) as e:
             log.warning("ignored the mask %s: %s", it.mask, e)
+            continue
+        if it.label == 1 and not masks[i].any():
+            log.warning("ignored the mask %s: it marks no defect pixel", it.mask)
             continue
         known[i] = True
     return masks, known
@@ -405,14 +460,35 @@ def _progress(items: Sequence[Any], desc: str):
 
 
 def content_hash(items: Sequence[Item]) -> str:
-    """SHA-256 over every file's bytes (IDX files once), in a fixed order: the data's identity."""
+    """SHA-256 over every image file's bytes (IDX files once), in a fixed order: the data's identity.
+
+    Files that are not images by name are left out (a video beside the images is not read); an
+    unreadable file counts by its name alone.
+    """
     h = hashlib.sha256()
-    for src in sorted({it.source for it in items}):
-        h.update(src.rsplit("/", 1)[-1].encode())
-        with open(src, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+    for src in sorted({it.source for it in items if _image_item(it)}):
+        h.update(os.fsencode(src.rsplit("/", 1)[-1]))
+        if not os.path.isfile(src):  # a broken link, or a FIFO that would block the read
+            h.update(b"\0unreadable")
+            continue
+        try:
+            with open(src, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        except OSError:
+            h.update(b"\0unreadable")
     return h.hexdigest()
+
+
+def rebuild_run_splits(info: Dict[str, Any], pre: Preprocess, with_test: bool = True) -> Splits:
+    """The splits of a run's own dataset (run.json ``info``), with a warning if the data changed since
+    fit: the split is then drawn again and may test on images the model trained on."""
+    splits = rebuild_splits(info["dataset"], pre, with_test)
+    then = (info.get("data_summary") or {}).get("content_sha256")
+    if then and then != splits.summary["content_sha256"]:
+        log.warning("the data in %s changed since the run was trained (content hash differs): its split is "
+                    "drawn again and may put training images in the test set", info["dataset"]["path"])
+    return splits
 
 
 def rebuild_splits(spec: Dict[str, Any], pre: Preprocess, with_test: bool = True) -> Splits:

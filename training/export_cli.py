@@ -66,7 +66,7 @@ def _inputs(run_dir: Path, name: Optional[str], version: str) -> Tuple[ExportSpe
     scorer = _field(run, "scorer")
     scoring = scorer.to_dict() if hasattr(scorer, "to_dict") else dict(scorer)
     calibration = dict(_field(run, "calibration"))
-    splits = data_mod.rebuild_splits(_field(run, "dataset"), pre)
+    splits = data_mod.rebuild_run_splits({**info, "dataset": _field(run, "dataset")}, pre)
     model = _field(run, "model")
     # run.json's "family" says which kind of run it is; the manifest names the model family itself
     # (plain, denoising, superres, dilated), as docs/EXPORT.md and the schema describe.
@@ -103,7 +103,7 @@ def _metric_inputs(run_dir: Path, info: dict, name: Optional[str], version: str)
 
     model, cfg, shape = metric.load_run(run_dir)
     pre = Preprocess.from_dict(info["preprocess"])
-    splits = data_mod.rebuild_splits(info["dataset"], pre)
+    splits = data_mod.rebuild_run_splits(info, pre)
     parts = metric.export_parts(run_dir, model, cfg, shape, _field(splits, "x_train"))
     spec = ExportSpec(
         model=parts["model"], preprocess=pre, scoring=parts["scoring"], calibration=dict(info["calibration"]),

@@ -306,24 +306,24 @@ def fit_metric(
             "train_seconds": train_s}
 
 
-def load_aux(aux_dirs: Union[str, Sequence[str], None], pre: Any) -> Optional[np.ndarray]:
-    """Every readable image under the ``aux_dirs`` folders (recursively), preprocessed like the training data."""
+def load_aux(aux_dirs: Union[str, Sequence[str], None], pre: Any) -> Tuple[Optional[np.ndarray], List[str]]:
+    """Every readable image under the ``aux_dirs`` folders (recursively), preprocessed like the training
+    data, and the files skipped (each named in a warning)."""
     dirs = [aux_dirs] if isinstance(aux_dirs, str) else list(aux_dirs or ())
     if not dirs:
-        return None
-    from .data import IMAGE_SUFFIXES, DataError, Item, load_items
+        return None, []
+    from .data import DataError, Item, list_files, load_items
 
-    parts = []
+    parts, skipped = [], []
     for folder in dirs:
-        root = Path(folder)
-        if not root.is_dir():
+        if not Path(folder).is_dir():
             raise DataError(f"aux folder not found: {folder}")
-        items = [Item(str(p)) for p in sorted(root.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
-        x, _, _ = load_items(items, pre, "aux")
+        x, _, skip = load_items([Item(str(p)) for p in list_files(Path(folder))], pre, "aux")
         if len(x) == 0:
             raise DataError(f"no readable images in aux folder {folder}")
         parts.append(x)
-    return np.concatenate(parts)
+        skipped += skip
+    return np.concatenate(parts), skipped
 
 
 def fit_run(spec: Dict[str, Any], fit_cfg: Any, cfg: MetricConfig, out_dir: Path,
@@ -345,7 +345,7 @@ def fit_run(spec: Dict[str, Any], fit_cfg: Any, cfg: MetricConfig, out_dir: Path
     t0 = time.time()
     splits = rebuild_splits(spec, pre)
     aux_dirs = list(aux_dirs)
-    x_aux = load_aux(aux_dirs, pre)
+    x_aux, aux_skipped = load_aux(aux_dirs, pre)
     n_syn = int(round(cfg.synthetic_aux * len(splits.x_train)))
     if n_syn:
         from .synthetic import load_foreign, outlier_exposure
@@ -381,8 +381,11 @@ def fit_run(spec: Dict[str, Any], fit_cfg: Any, cfg: MetricConfig, out_dir: Path
         "config": {k: v for k, v in fit_cfg.__dict__.items() if k != "model_params"},
         "preprocess": pre.to_dict(),
         "dataset": spec,
-        "data_summary": {**splits.summary, "aux": {"folders": aux_dirs, "count": 0 if x_aux is None else len(x_aux),
-                                                   "synthetic": n_syn}},
+        "data_summary": {**splits.summary,
+                         "counts": {**splits.summary["counts"],
+                                    "skipped": splits.summary["counts"]["skipped"] + len(aux_skipped)},
+                         "aux": {"folders": aux_dirs, "count": 0 if x_aux is None else len(x_aux),
+                                 "skipped": len(aux_skipped), "synthetic": n_syn}},
         "calibration": calibration,
         "metrics": metrics,
         "timing_s": {"load_data": round(t_data, 2), "train": round(res["train_seconds"], 2)},

@@ -25,7 +25,7 @@ from edge_detect.preprocess import Preprocess
 from edge_detect.scoring import ReconstructionScorer, Scorer, scorer_from_dict
 
 from . import calibrate as cal
-from .data import Splits, rebuild_splits
+from .data import Splits, rebuild_run_splits, rebuild_splits
 from .metrics import evaluate
 
 log = logging.getLogger(__name__)
@@ -395,13 +395,18 @@ def evaluate_run(
     ``spec`` is another dataset, so that fit's own report is not overwritten.
     """
     info = read_run_json(run_dir)
+    own = spec is None
     spec = spec or info["dataset"]
+
+    def splits_for(pre: Preprocess) -> Splits:
+        return rebuild_run_splits(info, pre) if own else rebuild_splits(spec, pre)
+
     if bundle is not None:
         # The device's own code path; the Keras model is not needed (nor loaded).
         from edge_detect.detector import Detector
 
         det = Detector(bundle, variant=variant)
-        splits = rebuild_splits(spec, det.preprocess)
+        splits = splits_for(det.preprocess)
         scores, maps, _ = det.infer(splits.x_test)
         maps = heatmap_maps(maps, det.bundle.manifest.get("scoring", {}))
         val_scores = det.infer(splits.x_val)[0]
@@ -413,7 +418,7 @@ def evaluate_run(
                          f"then edge-train evaluate {run_dir} --bundle B")
     else:
         run = load_run(run_dir)
-        splits = rebuild_splits(spec, run.preprocess)
+        splits = splits_for(run.preprocess)
         scores, maps = score_keras(run.model, run.scorer, splits.x_test)
         maps = heatmap_maps(maps, run.scorer.to_dict())
         val_scores = score_keras(run.model, run.scorer, splits.x_val)[0]
@@ -431,7 +436,7 @@ def evaluate_run(
 
         if report_dir is None:
             name = f"report-{det.variant}" if bundle is not None else "report"
-            if spec is not info["dataset"]:
+            if not own:
                 name += "-" + (Path(spec["path"]).name or "data")
             report_dir = Path(run_dir) / name
         metrics["report"] = str(report_dir)
