@@ -28,6 +28,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 import numpy as np
 
 from . import __version__
+from .atomic import atomic_path
 from .oneline import first_line
 from .preprocess import Preprocess
 from .scoring import Scorer, scorer_from_dict
@@ -299,12 +300,10 @@ def pack(bundle_dir: Union[str, Path], archive: Union[str, Path]) -> Path:
     """The single-file form for shipping: a .tar.gz of the bundle directory's files (flat)."""
     bundle_dir, archive = Path(bundle_dir), Path(archive)
     load_bundle(bundle_dir)  # never ship a bundle that would be refused
-    tmp = archive.with_name(archive.name + ".part")
-    with tarfile.open(tmp, "w:gz") as tar:
+    with atomic_path(archive) as tmp, tarfile.open(tmp, "w:gz") as tar:
         for p in sorted(bundle_dir.iterdir()):
             if p.is_file():
                 tar.add(p, arcname=p.name)
-    os.replace(tmp, archive)
     return archive
 
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
+from .atomic import fsync_dir
 from .bundle import MANIFEST, BundleError, load_bundle, unpack
 from .logs import event
 from .signing import SIGNATURE, TrustedKey, verify_signature
@@ -76,14 +77,6 @@ def version_id(bundle_dir: Path, manifest: Mapping[str, Any]) -> str:
     name = _SAFE.sub("_", str(manifest["name"]))[:40] or "bundle"
     ver = _SAFE.sub("_", str(manifest["version"]))[:24] or "0"
     return f"{name}-{ver}-{digest}"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class BundleStore:
@@ -157,7 +150,7 @@ class BundleStore:
                                 os.fsync(f.fileno())
                     load_bundle(tmp, verify=True)  # the copy, not just the source, hashes right
                     os.rename(tmp, dest)
-                    _fsync_dir(self.root)
+                    fsync_dir(self.root)
                 except BaseException:
                     shutil.rmtree(tmp, ignore_errors=True)
                     raise
@@ -191,7 +184,7 @@ class BundleStore:
         self._swap(CURRENT, version)
         if old is not None:
             self._swap(PREVIOUS, old)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         self.prune()
         return old
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 
@@ -109,6 +110,15 @@ def test_zero_byte_file_and_missing_file(tmp_path):
         Preprocess((8, 8))(tmp_path / "empty.jpg")
     with pytest.raises(ImageError, match="no such file"):
         Preprocess((8, 8))(tmp_path / "missing.jpg")
+
+
+def test_a_fifo_or_a_folder_is_refused_without_reading(tmp_path):
+    os.mkfifo(tmp_path / "pipe.png")  # opening it to read would block until a writer came
+    with pytest.raises(ImageError, match="not a regular file"):
+        Preprocess((8, 8))(tmp_path / "pipe.png")
+    (tmp_path / "dir.png").mkdir()
+    with pytest.raises(ImageError, match="not a regular file"):
+        Preprocess((8, 8))(tmp_path / "dir.png")
 
 
 def test_truncated_jpeg():

@@ -302,6 +302,25 @@ def test_evaluate_with_data_splits_it_like_the_run_did(run, data, monkeypatch):
     assert [(s["seed"], s["test_fraction"], s["val_fraction"]) for s in seen] == [(1, 0.2, 0.1), (0, 0.3, 0.1)]
 
 
+def test_evaluate_and_export_warn_when_the_data_changed_since_fit(tmp_path, caplog):
+    ok, bad = _folder(tmp_path / "d", n_good=24, n_bad=4)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["fit", str(ok), "--anomalies", str(bad), "--out", str(out), *TINY])
+    assert res.exit_code == 0, res.output
+    warned = "differ from those the run was trained on"
+    with caplog.at_level("WARNING"):
+        same = CliRunner().invoke(main, ["evaluate", str(out), "--data", str(ok), "--anomalies", str(bad)])
+    assert same.exit_code == 0 and warned not in caplog.text
+    shutil.copy(ok / "000.png", ok / "new.png")
+    for args in (["evaluate", str(out)], ["evaluate", str(out), "--data", str(ok), "--anomalies", str(bad)],
+                 ["export", str(out), "--out", str(tmp_path / "b"), "--quant", "float32"]):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            res = CliRunner().invoke(main, args)
+        assert res.exit_code == 0, res.output
+        assert warned in caplog.text, args
+
+
 def test_options_that_do_not_apply_to_the_layout_are_errors(data, tmp_path):
     ok, bad = data
     line = _one_line_error(CliRunner().invoke(main, ["fit", str(ok), "--normal-classes", "a", "--out",

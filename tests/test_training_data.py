@@ -176,7 +176,13 @@ def test_data_that_is_an_image_file_or_was_moved_is_a_one_line_error(tmp_path):
     _pngs(tmp_path / "d", 12)
     with pytest.raises(DataError, match=r"000\.png is a file: DATA is a folder of images"):
         load_dataset(str(tmp_path / "d" / "000.png"))
-    ds = load_dataset(str(tmp_path / "d"))
+    with pytest.raises(DataError, match=r"--anomalies .*/d is DATA itself"):
+        load_dataset(str(tmp_path / "d"), anomalies=str(tmp_path / "d"))
+    _pngs(tmp_path / "bad", 3)
+    ds = load_dataset(str(tmp_path / "d"), anomalies=str(tmp_path / "bad"))
+    shutil.move(tmp_path / "bad", tmp_path / "bad2")
+    with pytest.raises(DataError, match=r"anomaly folder not found: .*/bad \(moved or deleted"):
+        rebuild_splits(ds.spec, PRE)
     shutil.move(tmp_path / "d", tmp_path / "e")
     with pytest.raises(DataError, match=r"data not found: .*/d \(moved or deleted"):
         rebuild_splits(ds.spec, PRE)
@@ -190,11 +196,11 @@ def test_a_changed_data_folder_warns_that_the_split_is_drawn_again(tmp_path, cap
     info = {"dataset": ds.spec, "data_summary": rebuild_splits(ds.spec, PRE).summary}
     with caplog.at_level(logging.WARNING):
         rebuild_run_splits(info, PRE)
-    assert "changed since" not in caplog.text
+    assert "differ from those the run was trained on" not in caplog.text
     _pngs(tmp_path / "d", 1, start=40)
     with caplog.at_level(logging.WARNING):
         rebuild_run_splits(info, PRE)
-    assert "changed since the run was trained" in caplog.text
+    assert "differ from those the run was trained on" in caplog.text
 
 
 def test_masks_any_nonzero_pixel_and_wrong_shapes_or_empty_ones_are_ignored(tmp_path, caplog):
@@ -205,13 +211,15 @@ def test_masks_any_nonzero_pixel_and_wrong_shapes_or_empty_ones_are_ignored(tmp_
     Image.fromarray(np.stack([m0, 0 * m0, 0 * m0], -1)).save(gt / "001_mask.png")  # red on black
     Image.fromarray(np.asarray(Image.open(gt / "002_mask.png"))[:16]).save(gt / "002_mask.png")  # half height
     Image.fromarray(0 * m0).save(gt / "003_mask.png")  # marks nothing
+    Image.fromarray((m0 > 0).astype(np.uint16)).save(gt / "004_mask.png")  # 16-bit 0/1
+    Image.fromarray(m0).convert("LA").save(gt / "005_mask.png")  # opaque
     with caplog.at_level(logging.WARNING):
         splits = rebuild_splits(load_dataset(str(root)).spec, PRE)
     names = [Path(it.source).name for it in splits.items_test]
     by_name = {(names[i], splits.y_test[i]): i for i in range(len(names))}
-    for n in ("000.png", "001.png"):
+    for n in ("000.png", "001.png", "004.png", "005.png"):
         i = by_name[(n, 1)]
-        assert splits.masks_known[i] and splits.masks_test[i].any()
+        assert splits.masks_known[i] and splits.masks_test[i].any() and not splits.masks_test[i].all(), n
     assert not splits.masks_known[by_name[("002.png", 1)]] and not splits.masks_known[by_name[("003.png", 1)]]
     assert "002_mask.png: its 32x16 px do not have the shape" in caplog.text
     assert "003_mask.png: it marks no defect pixel" in caplog.text
@@ -231,3 +239,61 @@ def test_corrupt_idx_headers_are_data_errors(tmp_path):
     read_idx.cache_clear()
     with pytest.raises(DataError, match=r"--normal-classes needs labels: no \*idx1-ubyte\[\.gz\] labels file in"):
         load_dataset(str(tmp_path), normal_classes=["1"])
+
+
+def test_a_mask_of_another_resolution_is_cropped_in_image_px(tmp_path):
+    from training.data import Item, load_masks
+
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "img.png")
+    small = np.zeros((32, 32), np.uint8)
+    small[20:28, 20:28] = 255  # image px 40..56
+    Image.fromarray(small).save(tmp_path / "img_mask.png")
+    items = [Item(str(tmp_path / "img.png"), label=1, kind="dent", mask=str(tmp_path / "img_mask.png"))]
+    masks, known = load_masks(items, Preprocess((32, 32), "gray", roi=(32, 32, 32, 32)))
+    assert known[0] and masks[0, 8:24, 8:24].all() and masks[0].sum() == 16 * 16
+    masks, known = load_masks(items, Preprocess((32, 32), "gray", roi=(0, 0, 32, 32)))
+    assert not known[0]  # the defect lies outside this crop: nothing to measure pixels on
+
+
+def test_a_file_name_with_a_newline_stays_on_one_warning_line(tmp_path, caplog):
+    from training.data import Item, load_items
+
+    (tmp_path / "a\nb.txt").write_text("x")
+    with caplog.at_level(logging.WARNING):
+        load_items([Item(str(tmp_path / "a\nb.txt"))], PRE)
+    assert len(caplog.records) == 1 and "\n" not in caplog.records[0].getMessage()
+    assert "a\\nb.txt" in caplog.records[0].getMessage()
+
+
+def test_which_copy_of_a_linked_folder_is_listed_does_not_depend_on_disk_order(tmp_path, monkeypatch):
+    from training.data import list_files
+
+    _pngs(tmp_path / "r" / "m", 3)
+    _pngs(tmp_path / "shared", 3, start=10)
+    for name in ("z_link", "a_link"):
+        (tmp_path / "r" / name).symlink_to(tmp_path / "shared")
+    first = list_files(tmp_path / "r")
+    real_scandir = os.scandir
+
+    class Reversed:  # os.scandir's iterator, entries in the opposite order
+        def __init__(self, path):
+            with real_scandir(path) as it:
+                self.entries = list(it)[::-1]
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            if not self.entries:
+                raise StopIteration
+            return self.entries.pop(0)
+
+    monkeypatch.setattr(os, "scandir", Reversed)
+    assert list_files(tmp_path / "r") == first and len(first) == 6
+    assert {p.parent.name for p in first} == {"m", "a_link"}

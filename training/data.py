@@ -93,6 +93,8 @@ def dataset_spec(
         raise DataError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if anomalies is not None and not Path(anomalies).is_dir():
         raise DataError(f"anomaly folder not found: {anomalies}")
+    if anomalies is not None and os.path.realpath(anomalies) == os.path.realpath(root):
+        raise DataError(f"--anomalies {anomalies} is DATA itself: give the good images and the defects as two folders")
     for name, v in (("val_fraction", val_fraction), ("test_fraction", test_fraction),
                     ("calib_anomaly_fraction", calib_anomaly_fraction)):
         if not 0.0 <= v < 1.0:
@@ -130,7 +132,7 @@ def detect_layout(root: Path) -> str:
         return "idx"
     if (root / "train" / "good").is_dir():
         return "mvtec"
-    if (root / "train").is_dir() and any(p.is_dir() for p in (root / "train").iterdir()):
+    if (root / "train").is_dir() and _subdirs(root / "train"):
         return "classes"
     return "folders"
 
@@ -160,16 +162,28 @@ def list_files(folder: Path, exclude: Optional[str] = None) -> List[Path]:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        # Sorted, real folders before links to them: which copy of a linked folder is listed must
+        # not depend on the order the disk returns entries in, or the split would.
+        dirs[:] = sorted((d for d in dirs if not d.startswith(".")),
+                         key=lambda d, top=top: (os.path.islink(os.path.join(top, d)), d))
         out += [Path(top) / n for n in names if not n.startswith(".")]
     return sorted(out)
+
+
+def image_files(folder: Path) -> List[Path]:
+    """The files under ``folder`` (:func:`list_files`) whose names say they are images."""
+    return [p for p in list_files(folder) if p.suffix.lower() in IMAGE_SUFFIXES]
+
+
+def _subdirs(folder: Path) -> List[Path]:
+    """The visible subfolders of ``folder``, sorted (a hidden one, e.g. .ipynb_checkpoints, is no class)."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _list_mvtec(root: Path) -> Tuple[List[Item], List[Item]]:
     train = [Item(str(p)) for p in list_files(root / "train" / "good")]
     test: List[Item] = []
-    for d in sorted(p for p in (root / "test").iterdir() if p.is_dir() and not p.name.startswith(".")) \
-            if (root / "test").is_dir() else []:
+    for d in _subdirs(root / "test") if (root / "test").is_dir() else []:
         for p in list_files(d):
             mask = root / "ground_truth" / d.name / f"{p.stem}_mask.png"
             test.append(Item(str(p), label=int(d.name != "good"), kind=d.name,
@@ -180,7 +194,7 @@ def _list_mvtec(root: Path) -> Tuple[List[Item], List[Item]]:
 def _list_classes(root: Path, normal: Optional[Sequence[str]]) -> Tuple[List[Item], List[Item]]:
     if not (root / "train").is_dir():
         raise DataError(f"{root}: no train/ folder of class folders (layout classes)")
-    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = [p.name for p in _subdirs(root / "train")]
     normal_set = set(normal) if normal else set(classes)
     unknown = normal_set - set(classes)
     if unknown:
@@ -188,7 +202,7 @@ def _list_classes(root: Path, normal: Optional[Sequence[str]]) -> Tuple[List[Ite
     train = [Item(str(p), cls=c) for c in classes if c in normal_set for p in list_files(root / "train" / c)]
     test = []
     if (root / "test").is_dir():
-        for d in sorted(p for p in (root / "test").iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for d in _subdirs(root / "test"):
             bad = d.name not in normal_set
             test += [Item(str(p), label=int(bad), kind=d.name if bad else "good", cls=d.name) for p in list_files(d)]
     return train, test
@@ -262,8 +276,9 @@ def _list_idx(root: Path, normal: Optional[Sequence[str]]) -> Tuple[List[Item], 
 def list_items(spec: Dict[str, Any]) -> Tuple[List[Item], List[Item]]:
     """(train normals, test items) as the layout describes them, before the split."""
     root, layout = Path(spec["path"]), spec["layout"]
-    if not root.exists():  # a spec from run.json outlives its data
-        raise DataError(f"data not found: {root} (moved or deleted since the run was trained?)")
+    for what, where in (("data", root), ("anomaly folder", spec.get("anomalies"))):
+        if where and not Path(where).exists():  # a spec from run.json outlives its data
+            raise DataError(f"{what} not found: {where} (moved or deleted since the run was trained?)")
     if layout == "mvtec":
         train, test = _list_mvtec(root)
     elif layout == "classes":
@@ -286,12 +301,14 @@ def _image_item(it: Item) -> bool:
 
 def split_items(spec: Dict[str, Any]) -> Dict[str, List[Item]]:
     """Train / validation / test (and calibration anomalies) items, reproducible from spec['seed']."""
-    listed, test = list_items(spec)
-    # Files that are not images by name stay out of the split (so they cannot take a validation
-    # place) and go with the training ones, where loading names and counts each as skipped.
+    listed, listed_test = list_items(spec)
+    # Files that are not images by name stay out of the split (so they take no validation, test or
+    # calibration place) and go with the training ones, where loading names and counts each as skipped.
     train = [it for it in listed if _image_item(it)]
-    others = [it for it in listed if not _image_item(it)]
+    test = [it for it in listed_test if _image_item(it)]
+    others = [it for it in listed + listed_test if not _image_item(it)]
     if not train:
+        others = [it for it in listed if not _image_item(it)]
         raise DataError(f"no image files in {spec['path']} (only {len(others)} other file(s), "
                         f"e.g. {Path(others[0].source).name}; images are {', '.join(sorted(IMAGE_SUFFIXES))})")
     rng = np.random.default_rng(spec["seed"])
@@ -432,13 +449,8 @@ def load_masks(items: Sequence[Item], pre: Preprocess) -> Tuple[Optional[np.ndar
         if not it.mask:
             continue
         try:
-            with Image.open(it.source) as im, Image.open(it.mask) as mk:
-                if im.size != mk.size and abs(im.size[0] * mk.size[1] - im.size[1] * mk.size[0]) > 0.01 * (
-                        im.size[0] * mk.size[1]):
-                    raise ImageError(f"its {mk.size[0]}x{mk.size[1]} px do not have the shape of the "
-                                     f"{im.size[0]}x{im.size[1]} px image")
-            masks[i] = mask_pre(it.mask)[..., 0] > 0
-        except (ImageError, OSError) as e:
+            masks[i] = mask_pre(_binary_mask(it))[..., 0] > 0
+        except (ImageError, OSError, SyntaxError, ValueError) as e:
             log.warning("ignored the mask %s: %s", it.mask, e)
             continue
         if it.label == 1 and not masks[i].any():
@@ -446,6 +458,22 @@ def load_masks(items: Sequence[Item], pre: Preprocess) -> Tuple[Optional[np.ndar
             continue
         known[i] = True
     return masks, known
+
+
+def _binary_mask(it: Item) -> Image.Image:
+    """``it.mask`` as a 0/255 L image of its image's shape: any non-zero pixel (any channel, any bit
+    depth: 0/1 and 16-bit masks too) is a defect. Raises ImageError if the shapes differ."""
+    with Image.open(it.source) as im, Image.open(it.mask) as mk:
+        (w, h), (mw, mh) = im.size, mk.size
+        # Another resolution of the same shape is fine (resized); another shape would be stretched.
+        if abs(w * mh - h * mw) > 0.01 * w * mh:
+            raise ImageError(f"its {mw}x{mh} px do not have the shape of the {w}x{h} px image")
+        mk = mk.convert("RGBA") if mk.mode == "P" else mk
+        colour = [i for i, b in enumerate(mk.getbands()) if b != "A"]  # transparency is no defect
+        a = (np.asarray(mk).reshape(mh, mw, -1)[..., colour] > 0).any(axis=-1)
+    if (mw, mh) != (w, h):  # the ROI is in image px
+        a = np.asarray(Image.fromarray(a.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 0
+    return Image.fromarray(a.astype(np.uint8) * 255)
 
 
 def _progress(items: Sequence[Any], desc: str):
@@ -480,14 +508,20 @@ def content_hash(items: Sequence[Item]) -> str:
     return h.hexdigest()
 
 
-def rebuild_run_splits(info: Dict[str, Any], pre: Preprocess, with_test: bool = True) -> Splits:
-    """The splits of a run's own dataset (run.json ``info``), with a warning if the data changed since
-    fit: the split is then drawn again and may test on images the model trained on."""
-    splits = rebuild_splits(info["dataset"], pre, with_test)
+def rebuild_run_splits(info: Dict[str, Any], pre: Preprocess, spec: Optional[Dict[str, Any]] = None,
+                       with_test: bool = True) -> Splits:
+    """The splits of ``spec`` (default: the run's own dataset, from run.json ``info``), with a warning
+    when they are drawn from the run's data folder but its images differ from fit's: the split may
+    then test on images the model trained on."""
+    trained = info["dataset"]
+    spec = spec or trained
+    splits = rebuild_splits(spec, pre, with_test)
     then = (info.get("data_summary") or {}).get("content_sha256")
-    if then and then != splits.summary["content_sha256"]:
-        log.warning("the data in %s changed since the run was trained (content hash differs): its split is "
-                    "drawn again and may put training images in the test set", info["dataset"]["path"])
+    same_data = all(spec.get(k) == trained.get(k) for k in ("path", "layout", "anomalies", "normal_classes"))
+    if same_data and then and then != splits.summary["content_sha256"]:
+        log.warning("the images in %s differ from those the run was trained on (content hash; files added, "
+                    "removed or changed, or listed differently by this version): the split is drawn again and "
+                    "may put training images in the test set", spec["path"])
     return splits
 
 

@@ -31,6 +31,7 @@ from edge_detect.atomic import write_atomic
 from edge_detect.oneline import first_line
 from edge_detect.preprocess import Preprocess
 
+from .data import image_files
 from .synthetic import KINDS, AnomalyGenerator
 
 EXPLAINER_JSON = "explainer.json"
@@ -472,12 +473,10 @@ def load_folder(folder: Union[str, Path], pre: Preprocess, limit: int = 2000, se
     """Preprocessed images (N, H, W, C) of a folder (recursive); unreadable files skipped with a warning."""
     from edge_detect.preprocess import ImageError
 
-    from .synthetic import IMAGE_SUFFIXES
-
     folder = Path(folder)
     if not folder.is_dir():
         raise ExplainError(f"{folder}: no such folder")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(folder)
     files = [files[i] for i in np.sort(np.random.default_rng(seed).permutation(len(files))[:limit])]
     xs = []
     for p in files:

@@ -6,8 +6,9 @@ directory is read; it relies on the training modules' interfaces:
 
 * ``training.train.load_run(run_dir)`` -> model, preprocess, scorer, dataset, calibration, info
   (attributes or keys; ``info`` is run.json);
-* ``training.data.rebuild_splits(dataset, preprocess)`` -> x_train, x_val, x_test, y_test,
-  test_kinds, summary (the split recorded in run.json, preprocessed by ``edge_detect.preprocess``);
+* ``training.data.rebuild_run_splits(info, preprocess)`` -> x_train, x_val, x_test, y_test,
+  test_kinds, summary (the split recorded in run.json, preprocessed by ``edge_detect.preprocess``;
+  a warning if the data's images are no longer those fit saw);
 * ``training.calibrate.recalibrate(calibration, val_scores)`` -> the run's calibration method
   applied to other validation scores: threshold + normal_stats.
 

@@ -312,13 +312,13 @@ def load_aux(aux_dirs: Union[str, Sequence[str], None], pre: Any) -> Tuple[Optio
     dirs = [aux_dirs] if isinstance(aux_dirs, str) else list(aux_dirs or ())
     if not dirs:
         return None, []
-    from .data import DataError, Item, list_files, load_items
+    from .data import DataError, Item, image_files, load_items
 
     parts, skipped = [], []
     for folder in dirs:
         if not Path(folder).is_dir():
             raise DataError(f"aux folder not found: {folder}")
-        x, _, skip = load_items([Item(str(p)) for p in list_files(Path(folder))], pre, "aux")
+        x, _, skip = load_items([Item(str(p)) for p in image_files(Path(folder))], pre, "aux")
         if len(x) == 0:
             raise DataError(f"no readable images in aux folder {folder}")
         parts.append(x)
@@ -382,10 +382,9 @@ def fit_run(spec: Dict[str, Any], fit_cfg: Any, cfg: MetricConfig, out_dir: Path
         "preprocess": pre.to_dict(),
         "dataset": spec,
         "data_summary": {**splits.summary,
-                         "counts": {**splits.summary["counts"],
-                                    "skipped": splits.summary["counts"]["skipped"] + len(aux_skipped)},
                          "aux": {"folders": aux_dirs, "count": 0 if x_aux is None else len(x_aux),
-                                 "skipped": len(aux_skipped), "synthetic": n_syn}},
+                                 "skipped": len(aux_skipped), "skipped_files": aux_skipped[:50],
+                                 "synthetic": n_syn}},
         "calibration": calibration,
         "metrics": metrics,
         "timing_s": {"load_data": round(t_data, 2), "train": round(res["train_seconds"], 2)},

@@ -27,8 +27,9 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .data import image_files
+
 KINDS = ("cutpaste", "scratch", "blob", "foreign")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MIN_CONTRAST = 0.06  # mean |change| inside the mask, as a fraction of the value range
 _TRIES = 12
 
@@ -50,7 +51,7 @@ def load_foreign(folder: Union[str, Path], limit: int = 64, size: int = 256, see
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"foreign-object folder {folder} does not exist")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(folder)
     rng = np.random.default_rng(seed)
     out: List[np.ndarray] = []
     for i in rng.permutation(len(files)):

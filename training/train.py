@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edge_detect.atomic import write_atomic
+from edge_detect.atomic import atomic_path, write_atomic
 from edge_detect.bundle import read_json
 from edge_detect.oneline import first_line
 from edge_detect.preprocess import Preprocess
@@ -313,12 +313,8 @@ def read_run_json(run_dir: Path, need: Optional[Sequence[str]] = None) -> Dict[s
 def save_keras_model(model: Any, path: Path) -> None:
     """``model.save(path)`` by way of a temporary file, so a Ctrl-C or a crash mid-write leaves the
     previous file (the best checkpoint so far) intact rather than half a zip."""
-    tmp = Path(path).with_name(f".{Path(path).stem}.partial.keras")  # Keras wants the .keras suffix
-    try:
+    with atomic_path(path, tmp_name=f".{Path(path).stem}.partial.keras") as tmp:  # Keras wants .keras
         model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def best_checkpoint(path: Path) -> Any:
@@ -399,7 +395,7 @@ def evaluate_run(
     spec = spec or info["dataset"]
 
     def splits_for(pre: Preprocess) -> Splits:
-        return rebuild_run_splits(info, pre) if own else rebuild_splits(spec, pre)
+        return rebuild_run_splits(info, pre, spec)
 
     if bundle is not None:
         # The device's own code path; the Keras model is not needed (nor loaded).
