@@ -248,7 +248,8 @@ class _NeighborScorer(Scorer):
 
     def embed(self, y: np.ndarray) -> np.ndarray:
         """Model output (N, ...) to the embedding the references live in: (N, D)."""
-        e = np.asarray(y, np.float32).reshape(len(y), -1)
+        y = np.asarray(y, np.float32)
+        e = y.reshape(len(y), int(np.prod(y.shape[1:])))  # not -1: an empty batch must keep its width
         if self.normalize:
             e = l2_normalize(e) * np.float32(self.scale)
         return e

@@ -97,6 +97,15 @@ def test_scorers_round_trip_through_dict_and_arrays():
     np.testing.assert_allclose(scorer_from_dict(lof.to_dict(), arrays)(None, query)[0], lof(None, query)[0])
 
 
+def test_an_empty_batch_scores_to_no_scores():
+    # evaluate on a folder the run never saw has no validation images to score.
+    ref, query = _data(7)
+    for kind in ("knn", "lof"):
+        s, _ = nb.fit_scorer(kind, ref, k=4, n_neighbors=10)
+        scores, _ = s(None, query[:0])
+        assert scores.shape == (0,)
+
+
 def test_missing_reference_is_a_clear_error():
     with pytest.raises(ValueError, match="reference"):
         scorer_from_dict({"kind": "lof"}, {})

@@ -302,6 +302,23 @@ def test_evaluate_with_data_splits_it_like_the_run_did(run, data, monkeypatch):
     assert [(s["seed"], s["test_fraction"], s["val_fraction"]) for s in seen] == [(1, 0.2, 0.1), (0, 0.3, 0.1)]
 
 
+def test_evaluate_on_a_folder_the_run_never_saw_tests_every_image(run, tmp_path):
+    out, _ = run
+    ok, bad = _folder(tmp_path / "new", n_good=10, n_bad=5, seed=7)
+    res = CliRunner().invoke(main, ["evaluate", str(out), "--data", str(ok), "--anomalies", str(bad)])
+    assert res.exit_code == 0, res.output
+    assert "data: 10 test normal, 5 test anomalous, 0 validation, 0 skipped   (a folder the run never" in res.output
+    bundle = tmp_path / "bundle"
+    assert CliRunner().invoke(main, ["export", str(out), "--out", str(bundle), "--quant", "float32"]).exit_code == 0
+    res = CliRunner().invoke(main, ["evaluate", str(out), "--bundle", str(bundle), "--data", str(ok),
+                                    "--anomalies", str(bad), "--json"])
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.output.strip().splitlines()[-1])
+    assert (m["n_normal"], m["n_anomalous"]) == (10, 5) and m["report"].endswith("report-float32-ok")
+    everything = sorted(p.name for p in [*ok.iterdir(), *bad.iterdir()])
+    assert sorted(Path(i).name for i in m["scores"]["images"]) == everything
+
+
 def test_evaluate_and_export_warn_when_the_data_changed_since_fit(tmp_path, caplog):
     ok, bad = _folder(tmp_path / "d", n_good=24, n_bad=4)
     out = tmp_path / "run"

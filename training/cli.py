@@ -84,12 +84,12 @@ def _data_options(f):
 
 def _spec(data: str, layout: str, anomalies: Optional[str], normal_classes: Optional[str], val_fraction: float,
           test_fraction: float, calib_anomaly_fraction: Optional[float], seed: int, max_train: Optional[int],
-          calibration: str = "") -> Dict[str, Any]:
+          calibration: str = "", all_test: bool = False) -> Dict[str, Any]:
     if calib_anomaly_fraction is None:
         calib_anomaly_fraction = 0.3 if calibration == "best_f1" else 0.0
     try:
         return dataset_spec(data, layout, anomalies, normal_classes.split(",") if normal_classes else None,
-                            val_fraction, test_fraction, calib_anomaly_fraction, seed, max_train)
+                            val_fraction, test_fraction, calib_anomaly_fraction, seed, max_train, all_test)
     except DataError as e:
         raise UserError(str(e)) from None
 
@@ -250,8 +250,9 @@ def evaluate(ctx: click.Context, run_dir: Path, data: Optional[str], bundle: Opt
              seed: int, as_json: bool, report_dir: Optional[Path], **data_opts: Any) -> None:
     """Evaluate RUN_DIR (or one of its exported bundle's variants) and write a report folder.
 
-    With --data, the split options not given are the run's own, so that a re-split of the data the
-    run trained on holds out the same images (another seed would test on training images)."""
+    --data naming the folder the run trained on: the split options not given are the run's own, so
+    that the same images are held out (another seed would test on training images). Any other
+    folder: every image in it is a test image."""
     if not (run_dir / "run.json").is_file():
         raise UserError(f"not a run directory (no run.json): {run_dir}")
     from edge_detect.bundle import BundleError
@@ -269,7 +270,7 @@ def evaluate(ctx: click.Context, run_dir: Path, data: Optional[str], bundle: Opt
         for key in ("seed", "val_fraction", "test_fraction", "calib_anomaly_fraction", "max_train"):
             if ctx.get_parameter_source(key) == click.core.ParameterSource.DEFAULT and key in trained:
                 opts[key] = trained[key]
-        spec = _spec(data, **opts)
+        spec = _spec(data, **opts, all_test=os.path.realpath(data) != os.path.realpath(trained.get("path", "")))
 
     try:
         m = evaluate_run(run_dir, spec, bundle, variant, report_dir=report_dir)
@@ -281,8 +282,10 @@ def evaluate(ctx: click.Context, run_dir: Path, data: Optional[str], bundle: Opt
         click.echo(json.dumps(m))
     else:
         d = m["data"]
+        unseen = "   (a folder the run never trained on: every image is a test image)" if spec and spec.get(
+            "all_test") else ""
         click.echo(f"data: {d['test_normal']} test normal, {d['test_anomalous']} test anomalous, "
-                   f"{d['val']} validation, {d['skipped']} skipped")
+                   f"{d['val']} validation, {d['skipped']} skipped{unseen}")
         click.echo(_metrics_lines(m))
         click.echo(f"report: {m['report']}")
 

@@ -84,8 +84,13 @@ def dataset_spec(
     calib_anomaly_fraction: float = 0.0,
     seed: int = 0,
     max_train: Optional[int] = None,
+    all_test: bool = False,
 ) -> Dict[str, Any]:
-    """The JSON-able description of a dataset and its split; validated here (DataError)."""
+    """The JSON-able description of a dataset and its split; validated here (DataError).
+
+    all_test: every image is a test image (evaluating a run on data it never saw): no training,
+    validation or calibration split.
+    """
     root = Path(path)
     if not root.exists():
         raise DataError(f"data not found: {path}")
@@ -110,7 +115,7 @@ def dataset_spec(
                         "(its anomalies come from its own test folders)")
     if normal_classes and layout not in ("classes", "idx"):
         raise DataError(f"--normal-classes only applies to the classes and idx layouts; {path} is {layout}")
-    return {
+    spec = {
         "path": str(root.resolve()),
         "layout": layout,
         "anomalies": str(Path(anomalies).resolve()) if anomalies else None,
@@ -121,6 +126,9 @@ def dataset_spec(
         "seed": seed,
         "max_train": max_train,
     }
+    if all_test:  # only when set, so that the specs kept in run.json stay as they were
+        spec["all_test"] = True
+    return spec
 
 
 def detect_layout(root: Path) -> str:
@@ -311,6 +319,8 @@ def split_items(spec: Dict[str, Any]) -> Dict[str, List[Item]]:
         others = [it for it in listed if not _image_item(it)]
         raise DataError(f"no image files in {spec['path']} (only {len(others)} other file(s), "
                         f"e.g. {Path(others[0].source).name}; images are {', '.join(sorted(IMAGE_SUFFIXES))})")
+    if spec.get("all_test"):
+        return {"train": others, "val": [], "test": train + test, "calib": []}
     rng = np.random.default_rng(spec["seed"])
     order = rng.permutation(len(train))
     train = [train[i] for i in order]
@@ -536,7 +546,7 @@ def rebuild_splits(spec: Dict[str, Any], pre: Preprocess, with_test: bool = True
     x_cal, _, skip_cal = load_items(parts["calib"], pre, "calibration")
     masks, masks_known = load_masks(test_items, pre)
     for name, x, skip in (("training", x_train, skip_tr), ("validation", x_val, skip_val)):
-        if len(x) == 0:
+        if len(x) == 0 and not spec.get("all_test"):
             # Say why on the one line, e.g. every file a float TIFF the preprocessing refuses.
             why = f" ({len(skip)} skipped, e.g. {skip[0]}: {_skip_reasons.get(skip[0], 'unreadable')})" if skip else ""
             raise DataError(f"no readable {name} images in {spec['path']}{why}")
