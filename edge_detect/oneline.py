@@ -11,3 +11,9 @@ def first_line(e: BaseException) -> str:
     tarfile, Keras) put pages of detail into one message, and a one-line error needs the gist."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def printable(text: str) -> str:
+    """``text`` with newlines, control characters and undecodable bytes of file names escaped, so
+    a message that quotes a path stays on one line."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)

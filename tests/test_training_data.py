@@ -297,3 +297,68 @@ def test_which_copy_of_a_linked_folder_is_listed_does_not_depend_on_disk_order(t
     monkeypatch.setattr(os, "scandir", Reversed)
     assert list_files(tmp_path / "r") == first and len(first) == 6
     assert {p.parent.name for p in first} == {"m", "a_link"}
+
+
+def test_links_never_leave_the_data_folder_and_one_file_is_listed_once(tmp_path):
+    from training.data import list_files
+
+    _pngs(tmp_path / "outside", 4, start=50)
+    root = tmp_path / "d"
+    _pngs(root, 6)
+    (root / "up").symlink_to("..")  # would reach 'outside' and d itself again
+    (root / "top").symlink_to("/")
+    (root / "again.png").symlink_to(root / "000.png")  # the same image under a second name
+    levels = [root / ("n/" * (i + 1)) for i in range(1100)]  # deeper than Python's recursion limit
+    for d in levels:
+        d.mkdir()
+    (levels[-1] / "deep.png").write_bytes((root / "001.png").read_bytes())
+    try:
+        names = [p.name for p in list_files(root)]
+    finally:  # shutil.rmtree (pytest's clean-up) recurses too, so take the tower down here
+        (levels[-1] / "deep.png").unlink()
+        for d in reversed(levels):
+            d.rmdir()
+    assert sorted(names) == ["000.png", "001.png", "002.png", "003.png", "004.png", "005.png", "deep.png"]
+
+
+def test_data_inside_the_anomaly_folder_is_not_labelled_anomalous(tmp_path):
+    _pngs(tmp_path / "all" / "good", 20)
+    _pngs(tmp_path / "all" / "scratch", 4, start=60)
+    ds = load_dataset(str(tmp_path / "all" / "good"), anomalies=str(tmp_path / "all"))
+    bad = [it for it in ds.splits["test"] if it.label == 1]
+    assert len(bad) == 4 and all("/scratch/" in it.source for it in bad)
+
+
+def test_alpha_masks_and_unreadable_places_are_named(tmp_path, caplog):
+    from training.data import Item, load_masks
+
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "img.png")
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[..., :3] = 255  # white everywhere; only the alpha says where the defect is
+    rgba[4:8, 4:8, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "img_mask.png")
+    items = [Item(str(tmp_path / "img.png"), label=1, mask=str(tmp_path / "img_mask.png"))]
+    masks, known = load_masks(items, Preprocess((16, 16), "gray"))
+    assert known[0] and masks[0].sum() == 16 and masks[0, 4:8, 4:8].all()
+
+    os.mkfifo(tmp_path / "train-images-idx3-ubyte")  # reading it would block
+    read_idx.cache_clear()
+    with pytest.raises(DataError, match="not a regular file"):
+        load_dataset(str(tmp_path))
+
+    cls = tmp_path / "cls"
+    _pngs(cls / "train" / "a", 12)
+    (cls / "train" / "b").symlink_to(tmp_path / "missing")
+    with caplog.at_level(logging.WARNING):
+        ds = load_dataset(str(cls), layout="classes")
+    assert "train/b: a link to a missing folder" in caplog.text and ds.spec["layout"] == "classes"
+
+
+def test_a_reason_that_quotes_a_file_name_stays_on_one_line(tmp_path, caplog):
+    from training.data import Item, load_items
+
+    (tmp_path / "e\nx.png").write_bytes(b"")
+    with caplog.at_level(logging.WARNING):
+        load_items([Item(str(tmp_path / "e\nx.png"))], PRE)
+    msg = caplog.records[0].getMessage()
+    assert "\n" not in msg and msg.count("e\\nx.png") == 2  # in the name and in the reason

@@ -6,6 +6,7 @@ Ctrl-C, --seed and the other error paths are in tests/test_training_cli.py.
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -53,13 +54,21 @@ def test_cli_fit_writes_run_dir_and_evaluate_reads_it(mvtec_dir, tmp_path):
     assert res.exit_code == 0, res.output
     m = json.loads(res.output.strip().splitlines()[-1])
     assert m["auroc"] == pytest.approx(info["metrics"]["auroc"])
-    # The summary counts the two bad files of the mvtec fixture, and says where the report went.
+    # Evaluation reads no training image, so the fixture's two bad ones (in train/good) are not
+    # counted; the summary says where the report went.
     res = CliRunner().invoke(main, ["evaluate", str(run), "--data", str(mvtec_dir), "--seed", "1",
                                     "--report", str(run / "elsewhere")])
     assert res.exit_code == 0, res.output
-    assert "8 test normal, 8 test anomalous, 4 validation, 2 skipped" in res.output
+    assert "8 test normal, 8 test anomalous, 4 validation, 0 skipped" in res.output
     assert "pixel AUROC" in res.output and "(on 16 images with ground truth)" in res.output
     assert res.output.rstrip().endswith(f"report: {run / 'elsewhere'}") and (run / "elsewhere" / "roc.png").is_file()
+    # A copy is a folder the run never saw: every image is a test image, and every bad file counts.
+    other = tmp_path / "copy"
+    shutil.copytree(mvtec_dir, other)
+    (other / "test/good/cut.png").write_bytes((other / "test/good/000.png").read_bytes()[:60])
+    res = CliRunner().invoke(main, ["evaluate", str(run), "--data", str(other)])
+    assert res.exit_code == 0, res.output
+    assert "data: 48 test normal, 8 test anomalous, 0 validation, 3 skipped   (a folder the run never" in res.output
 
 
 @pytest.mark.slow

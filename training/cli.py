@@ -92,6 +92,8 @@ def _spec(data: str, layout: str, anomalies: Optional[str], normal_classes: Opti
                             val_fraction, test_fraction, calib_anomaly_fraction, seed, max_train, all_test)
     except DataError as e:
         raise UserError(str(e)) from None
+    except OSError as e:  # e.g. a folder above DATA that we may not search
+        raise UserError(f"cannot read {e.filename or data}: {e.strerror or e}") from None
 
 
 # -- fit: one dispatch point per model family ----------------------------------------------------

@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from edge_detect.oneline import printable
 from edge_detect.preprocess import ImageError, Preprocess
 
 log = logging.getLogger(__name__)
@@ -151,31 +152,58 @@ def detect_layout(root: Path) -> str:
 def list_files(folder: Path, exclude: Optional[str] = None) -> List[Path]:
     """Every file under ``folder``, sorted; hidden files and folders (".name") left out.
 
-    Symlinked folders are followed (each real folder once, so a loop ends). Broken links and folders
-    that cannot be listed are returned too, so that loading names each one and counts it as skipped.
-    ``exclude``: a folder inside ``folder`` to leave out (the --anomalies folder).
+    Linked folders are followed, each real folder once, and never up to a folder that holds
+    ``folder`` (so neither a loop nor a link to ".." or "/" leaves it); a file reached under two
+    names is listed once. Broken links and folders that cannot be listed are returned too, so that
+    loading names each one and counts it as skipped. ``exclude``: a folder inside ``folder`` to
+    leave out (the --anomalies folder). Raises DataError if ``folder`` itself cannot be listed.
     """
     if not folder.is_dir():
         return []
-    out: List[Path] = []
-    seen = set()
+    root = os.path.realpath(folder)
     skip = os.path.realpath(exclude) if exclude else None
-
-    def unlistable(e: OSError) -> None:
-        out.append(Path(e.filename))
-
-    for top, dirs, names in os.walk(folder, followlinks=True, onerror=unlistable):
-        real = os.path.realpath(top)
-        if real in seen or real == skip:
-            dirs[:] = []
+    found: List[Tuple[str, str]] = []  # (path, real path): the real one only resolved through links
+    seen = set()
+    stack = [(str(folder), root)]  # a stack, not recursion: any depth of nesting
+    while stack:
+        top, real = stack.pop()
+        if real in seen or real == skip or (real != root and os.path.commonpath([real, root]) == real):
             continue
         seen.add(real)
-        # Sorted, real folders before links to them: which copy of a linked folder is listed must
-        # not depend on the order the disk returns entries in, or the split would.
-        dirs[:] = sorted((d for d in dirs if not d.startswith(".")),
-                         key=lambda d, top=top: (os.path.islink(os.path.join(top, d)), d))
-        out += [Path(top) / n for n in names if not n.startswith(".")]
-    return sorted(out)
+        try:
+            with os.scandir(top) as it:
+                # Sorted, real folders before links to them: which copy of a linked folder is
+                # listed must not depend on the order the disk returns entries in, or the split would.
+                entries = sorted(it, key=lambda e: (e.is_symlink(), e.name))
+        except OSError as e:
+            if top == str(folder):
+                raise DataError(f"cannot read {folder}: {e.strerror or e}") from None
+            _unlistable[top] = f"a folder that cannot be read ({e.strerror or e})"
+            found.append((top, real))
+            continue
+        subdirs = []
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            r = os.path.realpath(e.path) if e.is_symlink() else os.path.join(real, e.name)
+            try:
+                is_dir = e.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                subdirs.append((e.path, r))
+            else:
+                found.append((e.path, r))
+        stack += reversed(subdirs)
+    out, reached = [], set()
+    for path, r in sorted(found, key=lambda f: Path(f[0])):
+        if r not in reached:  # the same file reached under two names is one image
+            reached.add(r)
+            out.append(Path(path))
+    return out
+
+
+_unlistable: Dict[str, str] = {}  # folder -> why it could not be listed, for the skip warning
 
 
 def image_files(folder: Path) -> List[Path]:
@@ -184,8 +212,24 @@ def image_files(folder: Path) -> List[Path]:
 
 
 def _subdirs(folder: Path) -> List[Path]:
-    """The visible subfolders of ``folder``, sorted (a hidden one, e.g. .ipynb_checkpoints, is no class)."""
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """The visible subfolders of ``folder``, sorted (a hidden one, e.g. .ipynb_checkpoints, is no class).
+
+    A link to a missing folder, or a folder that cannot be listed, is left out with a warning.
+    """
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as e:
+        log.warning("ignored %s: %s", printable(str(folder)), e.strerror or e)
+        return []
+    out = []
+    for p in entries:
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            out.append(p)
+        elif p.is_symlink():
+            log.warning("ignored %s: a link to a missing folder", printable(str(p)))
+    return out
 
 
 def _list_mvtec(root: Path) -> Tuple[List[Item], List[Item]]:
@@ -194,8 +238,12 @@ def _list_mvtec(root: Path) -> Tuple[List[Item], List[Item]]:
     for d in _subdirs(root / "test") if (root / "test").is_dir() else []:
         for p in list_files(d):
             mask = root / "ground_truth" / d.name / f"{p.stem}_mask.png"
+            try:
+                has_mask = mask.is_file()
+            except OSError:  # it may exist behind a folder we cannot search: load_masks says so
+                has_mask = True
             test.append(Item(str(p), label=int(d.name != "good"), kind=d.name,
-                             mask=str(mask) if mask.is_file() else None))
+                             mask=str(mask) if has_mask else None))
     return train, test
 
 
@@ -231,11 +279,13 @@ def _idx_files(root: Path) -> Dict[str, Path]:
 def read_idx(path: str) -> np.ndarray:
     """An IDX file (optionally gzip) as a numpy array (uint8 images or labels)."""
     opener = gzip.open if path.endswith(".gz") else open
+    if not os.path.isfile(path):  # a FIFO would block the read
+        raise DataError(f"{path}: not a regular file")
     try:
         with opener(path, "rb") as f:
             data = f.read()
         zero, dtype, ndim = struct.unpack(">HBB", data[:4])
-        if zero != 0 or dtype != 0x08:
+        if zero != 0 or dtype != 0x08 or ndim == 0:
             raise DataError(f"{path}: not an unsigned-byte IDX file")
         shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
         arr = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
@@ -297,7 +347,7 @@ def list_items(spec: Dict[str, Any]) -> Tuple[List[Item], List[Item]]:
         train, test = [Item(str(p)) for p in list_files(root, exclude=spec.get("anomalies"))], []
         if spec.get("anomalies"):
             bad = Path(spec["anomalies"])
-            test = [Item(str(p), label=1, kind=bad.name) for p in list_files(bad)]
+            test = [Item(str(p), label=1, kind=bad.name) for p in list_files(bad, exclude=str(root))]
     if not train:
         raise DataError(f"no training images found in {root} (layout {layout})")
     return train, test
@@ -320,7 +370,7 @@ def split_items(spec: Dict[str, Any]) -> Dict[str, List[Item]]:
         raise DataError(f"no image files in {spec['path']} (only {len(others)} other file(s), "
                         f"e.g. {Path(others[0].source).name}; images are {', '.join(sorted(IMAGE_SUFFIXES))})")
     if spec.get("all_test"):
-        return {"train": others, "val": [], "test": train + test, "calib": []}
+        return {"train": [], "val": [], "test": train + test + others, "calib": []}
     rng = np.random.default_rng(spec["seed"])
     order = rng.permutation(len(train))
     train = [train[i] for i in order]
@@ -420,7 +470,8 @@ def load_items(items: Sequence[Item], pre: Preprocess, desc: str = "") -> Tuple[
     skipped: List[str] = []
     for i, it in enumerate(_progress(items, desc)):
         if not _image_item(it):
-            why = "a folder that cannot be read" if os.path.isdir(it.source) else "not an image file"
+            why = _unlistable.get(it.source) or (
+                "a broken link" if os.path.islink(it.source) and not os.path.exists(it.source) else "not an image file")
             _skip(skipped, it.source, why)
             continue
         try:
@@ -437,7 +488,7 @@ _skip_reasons: Dict[str, str] = {}  # file -> why it was skipped, for the one-li
 
 def _skip(skipped: List[str], source: str, reason: str) -> None:
     # A newline or an undecodable byte in a file name must not break the one-line warning.
-    log.warning("skipped %s: %s", source if source.isprintable() else ascii(source), reason)
+    log.warning("%s", printable(f"skipped {source}: {reason}"))
     _skip_reasons[source] = reason
     skipped.append(source)
 
@@ -479,8 +530,12 @@ def _binary_mask(it: Item) -> Image.Image:
         if abs(w * mh - h * mw) > 0.01 * w * mh:
             raise ImageError(f"its {mw}x{mh} px do not have the shape of the {w}x{h} px image")
         mk = mk.convert("RGBA") if mk.mode == "P" else mk
-        colour = [i for i, b in enumerate(mk.getbands()) if b != "A"]  # transparency is no defect
-        a = (np.asarray(mk).reshape(mh, mw, -1)[..., colour] > 0).any(axis=-1)
+        bands = np.asarray(mk).reshape(mh, mw, -1)
+        alpha = mk.getbands().index("A") if "A" in mk.getbands() else None
+        if alpha is not None and bands[..., alpha].min() != bands[..., alpha].max():
+            a = bands[..., alpha] > 0  # drawn with transparency: the opaque part is the defect
+        else:
+            a = (np.delete(bands, [alpha], axis=-1) if alpha is not None else bands).any(axis=-1)
     if (mw, mh) != (w, h):  # the ROI is in image px
         a = np.asarray(Image.fromarray(a.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 0
     return Image.fromarray(a.astype(np.uint8) * 255)
@@ -519,26 +574,31 @@ def content_hash(items: Sequence[Item]) -> str:
 
 
 def rebuild_run_splits(info: Dict[str, Any], pre: Preprocess, spec: Optional[Dict[str, Any]] = None,
-                       with_test: bool = True) -> Splits:
+                       with_test: bool = True, with_train: bool = True) -> Splits:
     """The splits of ``spec`` (default: the run's own dataset, from run.json ``info``), with a warning
     when they are drawn from the run's data folder but its images differ from fit's: the split may
     then test on images the model trained on."""
     trained = info["dataset"]
     spec = spec or trained
-    splits = rebuild_splits(spec, pre, with_test)
+    splits = rebuild_splits(spec, pre, with_test, with_train)
     then = (info.get("data_summary") or {}).get("content_sha256")
     same_data = all(spec.get(k) == trained.get(k) for k in ("path", "layout", "anomalies", "normal_classes"))
     if same_data and then and then != splits.summary["content_sha256"]:
+        where = spec["path"] + (f" and {spec['anomalies']}" if spec.get("anomalies") else "")
         log.warning("the images in %s differ from those the run was trained on (content hash; files added, "
                     "removed or changed, or listed differently by this version): the split is drawn again and "
-                    "may put training images in the test set", spec["path"])
+                    "may put training images in the test set", where)
     return splits
 
 
-def rebuild_splits(spec: Dict[str, Any], pre: Preprocess, with_test: bool = True) -> Splits:
-    """Load every split that ``spec`` describes, preprocessed with ``pre``. Raises DataError if empty."""
+def rebuild_splits(spec: Dict[str, Any], pre: Preprocess, with_test: bool = True,
+                   with_train: bool = True) -> Splits:
+    """Load every split that ``spec`` describes, preprocessed with ``pre``. Raises DataError if empty.
+
+    with_train=False: leave the training images unread (evaluation needs none): x_train is empty.
+    """
     parts = split_items(spec)
-    x_train, kept_tr, skip_tr = load_items(parts["train"], pre, "train")
+    x_train, kept_tr, skip_tr = load_items(parts["train"] if with_train else [], pre, "train")
     x_val, _, skip_val = load_items(parts["val"], pre, "validation")
     test_items = parts["test"] if with_test else []
     x_test, kept_te, skip_te = load_items(test_items, pre, "test")
@@ -546,10 +606,10 @@ def rebuild_splits(spec: Dict[str, Any], pre: Preprocess, with_test: bool = True
     x_cal, _, skip_cal = load_items(parts["calib"], pre, "calibration")
     masks, masks_known = load_masks(test_items, pre)
     for name, x, skip in (("training", x_train, skip_tr), ("validation", x_val, skip_val)):
-        if len(x) == 0 and not spec.get("all_test"):
+        if len(x) == 0 and not spec.get("all_test") and (with_train or name != "training"):
             # Say why on the one line, e.g. every file a float TIFF the preprocessing refuses.
             why = f" ({len(skip)} skipped, e.g. {skip[0]}: {_skip_reasons.get(skip[0], 'unreadable')})" if skip else ""
-            raise DataError(f"no readable {name} images in {spec['path']}{why}")
+            raise DataError(printable(f"no readable {name} images in {spec['path']}{why}"))
     skipped = skip_tr + skip_val + skip_te + skip_cal
     y = np.array([it.label for it in test_items], np.int64)
     summary = {

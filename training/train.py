@@ -395,7 +395,7 @@ def evaluate_run(
     spec = spec or info["dataset"]
 
     def splits_for(pre: Preprocess) -> Splits:
-        return rebuild_run_splits(info, pre, spec)
+        return rebuild_run_splits(info, pre, spec, with_train=False)
 
     if bundle is not None:
         # The device's own code path; the Keras model is not needed (nor loaded).
