@@ -270,13 +270,16 @@ def test_single_class_with_synthetic_outlier_exposure_from_the_cli(tmp_path):
         (tmp_path / name).mkdir()
         for i in range(n):
             Image.fromarray(odd_image(rng), "L").save(tmp_path / name / f"{i}.png")
+    (tmp_path / "aux2" / "cut.png").write_bytes((tmp_path / "aux2" / "0.png").read_bytes()[:40])
+    (tmp_path / "aux2" / "labels.xml").write_text("<a/>")  # not an image by name: not even a warning
     no_scorer = [a for a in args if a not in ("--scorer", "knn")]
     res = CliRunner().invoke(train_main, [*no_scorer, "--out", str(tmp_path / "two"),
                                           "--aux", str(tmp_path / "aux1"), "--aux", str(tmp_path / "aux2")])
     assert res.exit_code == 0, res.output
     two = json.loads((tmp_path / "two" / "run.json").read_text())
     aux = two["data_summary"]["aux"]
-    assert aux["count"] == 12 and aux["synthetic"] == 0 and len(aux["folders"]) == 2
+    assert aux["count"] == 12 and aux["synthetic"] == 0 and len(aux["folders"]) == 2 and aux["skipped"] == 1
+    assert " skipped (+ 1 in --aux)" in res.output
     assert two["scoring"]["kind"] == "knn"  # the default scorer
     res = CliRunner().invoke(train_main, [*args, "--out", str(tmp_path / "bad"), "--aux", str(tmp_path / "aux1"),
                                           "--aux", str(tmp_path / "nope")])

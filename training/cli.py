@@ -330,7 +330,9 @@ def summary(info: Dict[str, Any], out_dir: Path) -> str:
            f"{'its last epoch' if info.get('family') == 'metric' else 'the best checkpoint'} kept)"
            if info.get("interrupted") else ""),
         f"data: {d.get('train', '?')} train, {d.get('val', '?')} validation, {d.get('test_normal', 0)} test normal, "
-        f"{d.get('test_anomalous', 0)} test anomalous, {d.get('skipped', 0)} skipped",
+        f"{d.get('test_anomalous', 0)} test anomalous, {d.get('skipped', 0)} skipped"
+        + (f" (+ {aux['skipped']} in --aux)" if (aux := info.get("data_summary", {}).get("aux") or {}).get("skipped")
+           else ""),
         f"threshold ({cal['method']}): {cal['threshold']:.6g}   normal median {cal['normal_stats']['median']:.6g}",
         f"time: data {t.get('load_data', 0):.1f} s, training {t.get('train', 0):.1f} s",
     ]

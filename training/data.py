@@ -109,7 +109,7 @@ def dataset_spec(
         try:
             layout = detect_layout(root)
         except OSError as e:
-            raise DataError(f"cannot read {e.filename or path}: {e.strerror or e}") from None
+            raise DataError(f"cannot read {path}: {e.strerror or e}") from None
     # Said, not ignored: a user who passes these expects them to change what is evaluated.
     if anomalies is not None and layout != "folders":
         raise DataError(f"--anomalies only applies to the folders layout; {path} is {layout} "
