@@ -13,6 +13,11 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def os_error(e: OSError, where: object) -> str:
+    """"PATH: reason" for an OSError; ``where`` names the path when the error carries none."""
+    return f"{e.filename or where}: {e.strerror or e}"
+
+
 def printable(text: str) -> str:
     """``text`` with newlines, control characters and undecodable bytes of file names escaped, so
     a message that quotes a path stays on one line."""

@@ -14,6 +14,7 @@ import click
 
 from edge_detect import __version__
 from edge_detect.errors import Group, UserError
+from edge_detect.oneline import os_error
 
 from .calibrate import MODES
 from .data import LAYOUTS, DataError, dataset_spec
@@ -93,7 +94,7 @@ def _spec(data: str, layout: str, anomalies: Optional[str], normal_classes: Opti
     except DataError as e:
         raise UserError(str(e)) from None
     except OSError as e:  # e.g. a folder above DATA that we may not search
-        raise UserError(f"cannot read {e.filename or data}: {e.strerror or e}") from None
+        raise UserError(f"cannot read {os_error(e, data)}") from None
 
 
 # -- fit: one dispatch point per model family ----------------------------------------------------
@@ -153,7 +154,7 @@ def fit_family(family: str, spec: Dict[str, Any], cfg: Any, out_dir: Path, opts:
     except (DataError, ValueError) as e:
         raise UserError(str(e)) from None
     except OSError as e:  # e.g. an --out whose parent can't be created
-        raise UserError(f"cannot use {e.filename}: {e.strerror or e}") from None
+        raise UserError(f"cannot use {os_error(e, out_dir)}") from None
     except KeyboardInterrupt:
         raise Interrupted("interrupted before the first checkpoint: nothing saved") from None
 
@@ -279,7 +280,7 @@ def evaluate(ctx: click.Context, run_dir: Path, data: Optional[str], bundle: Opt
     except (DataError, BundleError, ValueError) as e:
         raise UserError(str(e)) from None
     except OSError as e:
-        raise UserError(f"cannot use {e.filename or run_dir}: {e.strerror or e}") from None
+        raise UserError(f"cannot use {os_error(e, run_dir)}") from None
     if as_json:
         click.echo(json.dumps(m))
     else:

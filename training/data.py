@@ -365,10 +365,9 @@ def split_items(spec: Dict[str, Any]) -> Dict[str, List[Item]]:
     train = [it for it in listed if _image_item(it)]
     test = [it for it in listed_test if _image_item(it)]
     others = [it for it in listed + listed_test if not _image_item(it)]
-    if not train:
-        others = [it for it in listed if not _image_item(it)]
-        raise DataError(f"no image files in {spec['path']} (only {len(others)} other file(s), "
-                        f"e.g. {Path(others[0].source).name}; images are {', '.join(sorted(IMAGE_SUFFIXES))})")
+    if not train:  # then every listed normal is a non-image
+        raise DataError(f"no image files in {spec['path']} (only {len(listed)} other file(s), "
+                        f"e.g. {Path(listed[0].source).name}; images are {', '.join(sorted(IMAGE_SUFFIXES))})")
     if spec.get("all_test"):
         return {"train": [], "val": [], "test": train + test + others, "calib": []}
     rng = np.random.default_rng(spec["seed"])

@@ -24,6 +24,7 @@ from typing import Any, Optional, Tuple
 import click
 
 from edge_detect.errors import UserError
+from edge_detect.oneline import os_error
 
 from .export import QUANT_CHOICES, DataSplits, ExportError, ExportSpec, ParityError, export_bundle
 
@@ -153,7 +154,7 @@ def export_command(run_dir: Path, out: Path, quant: str, name: Optional[str], mo
     except ExportError as e:
         raise UserError(str(e)) from None
     except OSError as e:  # e.g. an --out whose parent can't be created
-        raise UserError(f"cannot use {e.filename}: {e.strerror or e}") from None
+        raise UserError(f"cannot use {os_error(e, out)}") from None
     b = res.bundle
     sizes = ", ".join(f"{v} {spec_['size_bytes'] / 1024:.1f} KB" for v, spec_ in b.variants.items())
     click.echo(f"bundle {b.path}: {b.name} {b.version}, default {b.default_variant()}; {sizes}")
