@@ -25,14 +25,15 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from .scoring import box_filter
+from .scoring import box_filter, pixel_map  # noqa: F401 - pixel_map is part of this module's API
 
 # Quantile of normal validation pixels used as the pixel threshold: ~16 px of a normal 128x128
 # map exceed it, and min_area (below) removes such isolated specks.
 PIXEL_QUANTILE = 0.999
 # Fallback pixel thresholds when a bundle has no calibration.pixel_threshold, in the map's units
 # (0..1 images): mae / max_smooth maps are |error|, mse maps are error^2, ssim maps are 1 - SSIM.
-DEFAULT_PIXEL_THRESHOLDS = {"mae": 0.1, "max_smooth": 0.1, "mse": 0.01, "ssim": 0.5}
+# vote maps are in units of each member's own image threshold.
+DEFAULT_PIXEL_THRESHOLDS = {"mae": 0.1, "max_smooth": 0.1, "mse": 0.01, "ssim": 0.5, "vote": 1.0}
 DEFAULT_MIN_AREA = 4  # model px; smaller components are noise
 DEFAULT_MAX_REGIONS = 16
 
@@ -73,19 +74,6 @@ class Region:
 
 
 # -- the map ------------------------------------------------------------------------------------
-
-
-def pixel_map(error_map: np.ndarray, method: str = "mse", smooth: int = 5) -> np.ndarray:
-    """The map regions are cut from: mse/mae maps box-smoothed over ``smooth`` px, others as they are.
-
-    max_smooth maps are already smoothed and ssim maps are windowed; raw squared errors are too
-    speckled for connected components. Accepts (H, W) or (N, H, W); returns float32 of that shape.
-    """
-    m = np.asarray(error_map, dtype=np.float32)
-    if method in ("mse", "mae") and smooth > 1:
-        m = box_filter(m[None] if m.ndim == 2 else m, smooth)
-        return m[0] if np.ndim(error_map) == 2 else m
-    return m
 
 
 def calibrate_pixel_threshold(normal_maps: np.ndarray, quantile: float = PIXEL_QUANTILE) -> Dict[str, float]:

@@ -6,8 +6,8 @@ reconstruction models also a per-pixel error map for heatmaps.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, Optional, Tuple, Type
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple, Type
 
 import numpy as np
 
@@ -88,6 +88,19 @@ def reconstruction_scores(
     raise ValueError(f"scoring.method must be one of {RECONSTRUCTION_METHODS}, got {method!r}")
 
 
+def pixel_map(error_map: np.ndarray, method: str = "mse", smooth: int = 5) -> np.ndarray:
+    """The map regions are cut from: mse/mae maps box-smoothed over ``smooth`` px, others as they are.
+
+    max_smooth maps are already smoothed and ssim maps are windowed; raw squared errors are too
+    speckled for connected components. Accepts (H, W) or (N, H, W); returns float32 of that shape.
+    """
+    m = np.asarray(error_map, dtype=np.float32)
+    if method in ("mse", "mae") and smooth > 1:
+        m = box_filter(m[None] if m.ndim == 2 else m, smooth)
+        return m[0] if np.ndim(error_map) == 2 else m
+    return m
+
+
 def normalise(score: np.ndarray | float, threshold: float, center: float) -> np.ndarray | float:
     """Map a score so that ``center`` (median normal score) is 0.0 and the threshold is 1.0."""
     span = threshold - center
@@ -145,6 +158,65 @@ class ReconstructionScorer(Scorer):
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "method": self.method, "smooth": self.smooth, "ssim_win": self.ssim_win}
+
+
+@register("vote")
+@dataclass
+class VoteScorer(Scorer):
+    """Several reconstruction models as one: output channels [i*C, (i+1)*C) are member i's reconstruction.
+
+    Each member's score is divided by that member's own threshold, and the image's score is the
+    ``vote``-th highest of these ratios: it exceeds 1.0 exactly when at least ``vote`` members
+    reject the image (vote = number of members: all must agree). The map is built the same way,
+    pixel by pixel, from each member's smoothed map (:func:`pixel_map`) over its threshold.
+    """
+
+    members: List[Dict[str, Any]] = field(default_factory=list)  # ReconstructionScorer dicts
+    thresholds: List[float] = field(default_factory=list)  # one per member, in its own score units
+    vote: int = 0  # members that must reject; 0: all
+
+    wants_maps = True
+    method = "vote"  # what heatmaps read from the scoring block: the maps are already smoothed
+
+    def __post_init__(self) -> None:
+        self.scorers = [ReconstructionScorer(**{k: v for k, v in m.items() if k != "kind"}) for m in self.members]
+        n = len(self.scorers)
+        if n < 2:
+            raise ValueError(f"scoring.members: a vote needs at least 2 members, got {n}")
+        self.thresholds = [float(t) for t in np.asarray(self.thresholds, np.float64).ravel()]
+        if len(self.thresholds) != n or not all(np.isfinite(t) and t > 0 for t in self.thresholds):
+            raise ValueError(f"scoring.thresholds: need {n} positive numbers (one per member), got {self.thresholds}")
+        self.vote = int(self.vote) or n
+        if not 1 <= self.vote <= n:
+            raise ValueError(f"scoring.vote must be 1..{n} (0: all), got {self.vote}")
+
+    def __call__(self, x: np.ndarray, y: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        n, c = len(self.scorers), x.shape[-1]
+        if y.ndim != 4 or y.shape[-1] != n * c:
+            raise ValueError(f"a vote of {n} members needs {n * c} output channels for {c}-channel input, "
+                             f"got output {y.shape}")
+        scores, maps = [], []
+        for i, (sc, t) in enumerate(zip(self.scorers, self.thresholds)):
+            s, m = sc(x, y[..., i * c : (i + 1) * c])
+            scores.append(s / t)
+            maps.append(pixel_map(m, sc.method, sc.smooth) / t)
+        # The vote-th highest: index n - vote in ascending order.
+        rank = n - self.vote
+        return np.sort(np.stack(scores), axis=0)[rank], np.sort(np.stack(maps), axis=0)[rank]
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "method": self.method, "members": [dict(m) for m in self.members],
+                "thresholds": list(self.thresholds), "vote": self.vote}
+
+    @classmethod
+    def from_dict(cls, d: dict, arrays: Dict[str, np.ndarray]) -> VoteScorer:
+        # A bundle variant carries thresholds from its own numerics (int8 errors are a little larger).
+        th = arrays.get("member_thresholds", d.get("thresholds", []))
+        extra = set(d) - {"members", "thresholds", "vote", "method"}
+        if extra:
+            raise ValueError(f"scoring: unknown key(s) {', '.join(sorted(extra))} for kind vote")
+        return cls(members=list(d.get("members", [])), thresholds=list(np.asarray(th).ravel()),
+                   vote=int(d.get("vote", 0)))
 
 
 def scorer_from_dict(d: dict, arrays: Optional[Dict[str, np.ndarray]] = None) -> Scorer:

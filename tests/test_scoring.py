@@ -7,6 +7,7 @@ import pytest
 
 from edge_detect.scoring import (
     ReconstructionScorer,
+    VoteScorer,
     box_filter,
     normalise,
     reconstruction_scores,
@@ -100,3 +101,48 @@ def test_scorer_round_trip_and_errors():
         scorer_from_dict({"kind": "telepathy"})
     with pytest.raises(ValueError, match="scoring.method"):
         scorer_from_dict({"kind": "reconstruction", "method": "psnr"})
+
+
+def _vote_case():
+    """Three members of a 1-channel 4x4 input; member i misses every pixel by e[i] on image 0 and by
+    f[i] on image 1, so member i's MSE is e[i]**2 (f[i]**2) and its ratio to threshold t[i] is known."""
+    x = np.full((2, 4, 4, 1), 0.5, np.float32)
+    e, f, t = [0.1, 0.2, 0.3], [0.3, 0.1, 0.2], [0.01, 0.01, 0.04]
+    y = np.concatenate([x + np.array([ei, fi], np.float32)[:, None, None, None] for ei, fi in zip(e, f)], axis=3)
+    ratios = np.array([[ei**2 / ti, fi**2 / ti] for ei, fi, ti in zip(e, f, t)])  # (member, image)
+    return x, y, t, ratios
+
+
+@pytest.mark.parametrize("vote", [1, 2, 3])
+def test_vote_score_is_the_vote_th_highest_member_ratio(vote):
+    x, y, t, ratios = _vote_case()  # image 0: ratios 1, 4, 2.25; image 1: 9, 1, 1
+    members = [{"kind": "reconstruction", "method": "mse"}] * 3
+    sc = VoteScorer(members, t, vote)
+    scores, maps = sc(x, y)
+    want = np.sort(ratios, axis=0)[3 - vote]
+    assert scores == pytest.approx(want, rel=1e-5)
+    # Constant error maps: the smoothed map equals the score at every pixel.
+    assert maps.shape == (2, 4, 4) and maps[:, 2, 2] == pytest.approx(want, rel=1e-5)
+    # Above 1.0 exactly when at least `vote` members are above their own thresholds.
+    assert list(scores > 1.0 + 1e-6) == [int((ratios[:, i] > 1.0 + 1e-6).sum()) >= vote for i in range(2)]
+
+
+def test_vote_scorer_round_trip_variant_thresholds_and_errors():
+    x, y, t, ratios = _vote_case()
+    members = [{"kind": "reconstruction", "method": "mse"}] * 3
+    d = VoteScorer(members, t, 0).to_dict()
+    assert d["vote"] == 3 and d["method"] == "vote"  # 0 means all
+    assert scorer_from_dict(d)(x, y)[0] == pytest.approx(np.min(ratios, axis=0), rel=1e-5)
+    # A bundle variant's own thresholds (an array) win over the manifest's.
+    own = scorer_from_dict(d, {"member_thresholds": np.array([0.02, 0.02, 0.08])})
+    assert own(x, y)[0] == pytest.approx(np.min(ratios, axis=0) / 2, rel=1e-5)
+    with pytest.raises(ValueError, match="at least 2 members"):
+        VoteScorer(members[:1], t[:1])
+    with pytest.raises(ValueError, match="scoring.thresholds"):
+        VoteScorer(members, [0.01, 0.0, 0.04])
+    with pytest.raises(ValueError, match="scoring.vote must be 1..3"):
+        VoteScorer(members, t, 4)
+    with pytest.raises(ValueError, match="needs 3 output channels"):
+        VoteScorer(members, t)(x, y[..., :2])
+    with pytest.raises(ValueError, match="unknown key"):
+        scorer_from_dict({**d, "weights": [1, 2, 3]})

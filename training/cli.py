@@ -293,6 +293,33 @@ def evaluate(ctx: click.Context, run_dir: Path, data: Optional[str], bundle: Opt
         click.echo(f"report: {m['report']}")
 
 
+@main.command("vote")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory to write (model.keras, run.json, report/).")
+@click.option("--vote", "vote_n", type=click.IntRange(0), default=0, show_default=True,
+              help="How many members must reject an image for it to be anomalous (0: all of them).")
+def vote(run_dirs: Tuple[Path, ...], out_dir: Path, vote_n: int) -> None:
+    """Combine autoencoder runs trained on the same data into one model that votes.
+
+    Each member keeps its own calibrated threshold; the combined run exports and deploys like
+    any other (one .tflite, the reconstructions side by side)."""
+    if any(out_dir.resolve() == Path(d).resolve() for d in run_dirs):
+        raise UserError("--out must not be one of the runs")
+    for d in run_dirs:
+        if not (Path(d) / "run.json").is_file():
+            raise UserError(f"not a run directory (no run.json): {d}")
+    from .ensemble import combine
+
+    try:
+        info = combine(run_dirs, out_dir, vote_n)
+    except (DataError, ValueError) as e:
+        raise UserError(str(e)) from None
+    except OSError as e:
+        raise UserError(f"cannot use {os_error(e, out_dir)}") from None
+    click.echo(summary(info, out_dir))
+
+
 def _fmt(v: Optional[float], pct: bool = False) -> str:
     if v is None:
         return "n/a"
@@ -337,6 +364,10 @@ def summary(info: Dict[str, Any], out_dir: Path) -> str:
         f"threshold ({cal['method']}): {cal['threshold']:.6g}   normal median {cal['normal_stats']['median']:.6g}",
         f"time: data {t.get('load_data', 0):.1f} s, training {t.get('train', 0):.1f} s",
     ]
+    if info.get("model") == "vote":
+        p = info["model_params"]
+        lines[3:5] = [f"vote: anomalous when {p['vote']} of {len(p['members'])} members reject "
+                      f"({', '.join(map(str, p['members']))}), each at its own threshold; the vote's threshold is 1"]
     if info.get("metrics"):
         lines.append(_metrics_lines(info["metrics"]))
     lines.append(f"report: {out_dir / 'report'}   next: edge-train export {out_dir} --out BUNDLE")

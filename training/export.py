@@ -516,7 +516,7 @@ def variant_references(
                 arrays[names[role]] = arr
                 stored.setdefault(role, []).append(names[role])
         variants[v]["arrays"] = names
-        echo(f"references {v:<8} {len(outputs)} images embedded by this variant")
+        echo(f"references {v:<8} {len(outputs)} images run through this variant")
     if "int8_edgetpu" in variants and "int8_io" in variants:
         variants["int8_edgetpu"]["arrays"] = dict(variants["int8_io"]["arrays"])
     return arrays, ref_scores

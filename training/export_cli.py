@@ -87,6 +87,14 @@ def _inputs(run_dir: Path, name: Optional[str], version: str) -> Tuple[ExportSpe
         metrics=dict(info.get("metrics") or {}),
         run={"dir": str(run_dir.resolve())},
     )
+    if scoring.get("kind") == "vote":
+        from .ensemble import export_parts
+        from .export import ReferenceSet
+
+        parts = export_parts(calibration)
+        x_val = _field(splits, "x_val")
+        spec.calibrate = parts["calibrate"]
+        spec.reference = ReferenceSet(images=x_val, fit=lambda out, variant: parts["refit"](x_val, out))
     data = DataSplits(
         x_train=_field(splits, "x_train"),
         x_val=_field(splits, "x_val"),

@@ -1,0 +1,90 @@
+"""`edge-train vote`: runs combined, evaluated, exported and scored on the device, and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("tensorflow")
+
+from edge_detect.detector import Detector  # noqa: E402
+from training.cli import main  # noqa: E402
+from training.train import load_run, score_keras  # noqa: E402
+
+TINY = ["--input-size", "16", "--epochs", "2", "--width", "4", "--depth", "2", "--latent", "4", "--quiet"]
+
+
+def _fit(data, out, family, *extra):
+    r = CliRunner().invoke(main, ["fit", str(data), "--model", family, "--out", str(out), *TINY, *extra])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory):
+    from conftest import write_mvtec
+
+    root = tmp_path_factory.mktemp("vote")
+    write_mvtec(root / "data")
+    runs = [_fit(root / "data", root / fam, fam) for fam in ("plain", "superres")]
+    return root, runs
+
+
+@pytest.mark.slow
+def test_vote_run_scores_as_its_members_agree_and_exports(members):
+    root, runs = members
+    out = root / "vote"
+    r = CliRunner().invoke(main, ["vote", *map(str, runs), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "vote: anomalous when 2 of 2 members reject (plain, superres)" in r.output and "image AUROC" in r.output
+    info = json.loads((out / "run.json").read_text())
+    assert info["model"] == "vote" and info["calibration"]["threshold"] == 1.0
+    assert [m["model"] for m in info["calibration"]["members"]] == ["plain", "superres"]
+    assert (out / "report" / "roc.png").is_file()
+
+    # Known answer: the vote's score is the smaller of the members' scores over their own thresholds.
+    vote, a, b = load_run(out), load_run(runs[0]), load_run(runs[1])
+    x = np.stack([vote.preprocess(p) for p in sorted((root / "data/test").rglob("*.png"))])
+    want = np.minimum(score_keras(a.model, a.scorer, x)[0] / a.calibration["threshold"],
+                      score_keras(b.model, b.scorer, x)[0] / b.calibration["threshold"])
+    got, maps = score_keras(vote.model, vote.scorer, x)
+    assert got == pytest.approx(want, rel=1e-4) and maps.shape == (len(x), 16, 16)
+
+    bundle = root / "vote-bundle"
+    r = CliRunner().invoke(main, ["export", str(out), "--out", str(bundle), "--quant", "int8"])
+    assert r.exit_code == 0, r.output
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert m["scoring"]["kind"] == "vote" and m["model"]["family"] == "vote"
+    # int8 members are recalibrated on their own reconstructions, as a single model's variant is.
+    assert m["variants"]["int8"]["arrays"] == {"member_thresholds": "member_thresholds_int8"}
+    assert all(v["calibration"]["threshold"] == 1.0 for v in m["variants"].values())
+    det = Detector(bundle, variant="float32")
+    assert det.infer(x)[0] == pytest.approx(want, rel=1e-3)  # the device's TFLite float32 agrees with Keras
+    res = Detector(bundle).score(sorted((root / "data/test/square").glob("*.png"))[0])
+    assert res.error_map is not None and res.error_map.shape == (16, 16)
+
+    r = CliRunner().invoke(main, ["evaluate", str(out), "--bundle", str(bundle)])
+    assert r.exit_code == 0, r.output
+    assert "at threshold 1: normals accepted" in r.output and (out / "report-int8" / "histogram.png").is_file()
+
+
+@pytest.mark.slow
+def test_vote_refuses_members_of_other_data_or_kind(members):
+    root, runs = members
+    other = _fit(root / "data", root / "plain-seed1", "plain", "--seed", "1")
+    cases = [
+        ([runs[0], other], "dataset.seed is 1 but"),
+        ([runs[0]], "a vote needs at least 2 runs, got 1"),
+        ([*runs, "--vote", "3"], "--vote must be 1..2 for 2 runs"),
+        ([runs[0], root / "missing"], "not a run directory (no run.json)"),
+    ]
+    for args, needle in cases:
+        r = CliRunner().invoke(main, ["vote", *map(str, args), "--out", str(root / "v-bad")])
+        assert r.exit_code == 2 and needle in r.output, r.output
+        assert "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["vote", *map(str, runs), "--out", str(runs[0])])
+    assert r.exit_code == 2 and "--out must not be one of the runs" in r.output
+    assert not (root / "v-bad").exists()
