@@ -372,9 +372,12 @@ def rss_mb() -> Optional[float]:
 # -- snapshot ---------------------------------------------------------------------------------
 
 
-def snapshot_jpeg(data: Any, quality: int = 85) -> Optional[bytes]:
-    """The frame as JPEG: a JPEG file as it came (no re-encode), anything else encoded once."""
+def snapshot_jpeg(data: Any, quality: int = 85, bit_depth: int = 16) -> Optional[bytes]:
+    """The frame as JPEG: a JPEG file as it came (no re-encode), anything else encoded once
+    (16-bit frames reduced to 8 bits as the model input is: ``bit_depth`` significant bits)."""
     from PIL import Image
+
+    from .preprocess import eight_bit
 
     if isinstance(data, (bytes, bytearray)) and data[:2] == b"\xff\xd8":
         return bytes(data)
@@ -384,6 +387,7 @@ def snapshot_jpeg(data: Any, quality: int = 85) -> Optional[bytes]:
         else:
             img = Image.open(io.BytesIO(bytes(data)))
             img.load()
+        img = eight_bit(img, bit_depth)
         if img.mode not in ("L", "RGB"):
             img = img.convert("RGB")
         buf = io.BytesIO()
@@ -674,7 +678,7 @@ class Daemon:
                 extra["regions"] = ex.regions_json()
             except Exception as e:
                 log.warning("heatmap failed: %s", e, extra=_ev("heatmap_error", camera=cam.name, error=str(e)))
-        snap = snapshot_jpeg(frame.data) if cam.snapshot else None
+        snap = snapshot_jpeg(frame.data, bit_depth=self.model.preprocess[cam.name].bit_depth) if cam.snapshot else None
         timings["event"] = (time.perf_counter() - t0) * 1e3
         eid = stable_event_id(self.device, cam.name, frame.key, frame.t_capture) if frame.key else None
         event = build_event(device=self.device, camera=cam.name, score=verdict.score, normalised=verdict.normalised,

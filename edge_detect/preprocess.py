@@ -7,6 +7,7 @@ device exactly what the model saw while it learned.
 from __future__ import annotations
 
 import io
+import logging
 import math
 import numbers
 import re
@@ -33,6 +34,7 @@ _RESAMPLE = {
 }
 COLORS = ("gray", "rgb")
 # Modes we can convert to gray/RGB without guessing what the pixels mean.
+log = logging.getLogger(__name__)
 _ACCEPTED_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I;16", "I;16B", "I;16L", "I"}
 
 ImageSource = Union[str, Path, bytes, bytearray, memoryview, np.ndarray, Image.Image]
@@ -52,6 +54,8 @@ class Preprocess:
     resize: one of nearest, bilinear, bicubic, area, lanczos.
     scale, offset: pixel value v in 0..255 becomes v * scale + offset.
     draft: let JPEG decode at a reduced DCT scale first (much cheaper; same code on both sides).
+    bit_depth: significant bits of 16-bit images, of which the top 8 are kept: 16 for full-range
+    sensors, 12 for a camera that writes 0..4095 (Mono12 in a 16-bit PNG or TIFF), 10 for 0..1023.
     """
 
     size: Tuple[int, int]
@@ -61,6 +65,7 @@ class Preprocess:
     scale: float = 1.0 / 255.0
     offset: float = 0.0
     draft: bool = True
+    bit_depth: int = 16
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -75,6 +80,8 @@ class Preprocess:
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, numbers.Real):
                 raise ValueError(f"preprocess.{k} must be a number, got {v!r}")
+        if isinstance(self.bit_depth, bool) or not isinstance(self.bit_depth, int) or not 8 <= self.bit_depth <= 16:
+            raise ValueError(f"preprocess.bit_depth must be an integer 8..16, got {self.bit_depth!r}")
         if self.roi is not None:
             if len(self.roi) != 4 or self.roi[2] < 1 or self.roi[3] < 1 or min(self.roi[:2]) < 0:
                 raise ValueError(f"preprocess.roi must be (x, y, width, height) px, got {self.roi!r}")
@@ -130,10 +137,7 @@ class Preprocess:
             img.load()
         except (OSError, SyntaxError, ValueError) as e:
             raise ImageError(f"cannot decode image: {e}") from None
-        if img.mode.startswith("I"):
-            # 16-bit sensors: keep the top 8 bits so scale/offset mean the same as for 8-bit images.
-            arr = np.asarray(img, dtype=np.uint32) >> 8 if img.mode != "I" else np.asarray(img) >> 8
-            img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+        img = eight_bit(img, self.bit_depth)
         if img.mode != target_mode:
             img = img.convert(target_mode)
         if self.roi:
@@ -161,6 +165,32 @@ class Preprocess:
         for i, s in enumerate(sources):
             out[i] = self(s)
         return out
+
+
+def eight_bit(img: Image.Image, bit_depth: int = 16) -> Image.Image:
+    """A 16- or 32-bit integer image as 8-bit L, keeping the top 8 of its ``bit_depth`` significant
+    bits (so scale/offset mean the same as for 8-bit images); any other image as it is."""
+    if not img.mode.startswith("I"):
+        return img
+    arr = np.asarray(img, dtype=np.int64)
+    _check_bit_depth(int(arr.max(initial=0)), bit_depth)
+    return Image.fromarray(np.clip(arr >> (bit_depth - 8), 0, 255).astype(np.uint8), "L")
+
+
+_warned_bit_depth = False
+
+
+def _check_bit_depth(peak: int, bit_depth: int) -> None:
+    """Warn once per process when a 16-bit image's values fit in 4 fewer bits than ``bit_depth``:
+    it would keep at most 16 grey levels, which is what a 12-bit camera read as 16-bit gives."""
+    global _warned_bit_depth
+    if _warned_bit_depth or peak <= 0 or peak >= 1 << (bit_depth - 4):
+        return
+    _warned_bit_depth = True
+    bits = max(8, peak.bit_length())
+    log.warning("a 16-bit image peaks at %d, so with bit_depth %d it keeps only %d grey levels; if the camera "
+                "writes %d-bit values, train with edge-train fit --bit-depth %d", peak, bit_depth,
+                (peak >> (bit_depth - 8)) + 1, bits, bits)
 
 
 def _open(source: Any) -> Image.Image:

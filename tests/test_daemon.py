@@ -476,3 +476,14 @@ def test_latency_percentiles_use_a_fixed_ring():
         lat.add(float(i % 100))
     p = lat.percentiles()
     assert p["p50"] == pytest.approx(49.5) and p["p99"] == pytest.approx(98.01)
+
+
+def test_snapshot_of_a_16_bit_frame_is_reduced_like_the_model_input():
+    from edge_detect.daemon import snapshot_jpeg
+
+    frame = np.tile(np.repeat(np.array([0, 1024, 2048, 4095], np.uint16), 8), (16, 1))  # Mono12 in a 16-bit PNG
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, "PNG")
+    snap = Image.open(io.BytesIO(snapshot_jpeg(buf.getvalue(), bit_depth=12)))
+    # Pillow's own 16-bit conversion clips at 255 (a white picture); ours keeps the top 8 of 12 bits.
+    assert snap.mode == "L" and np.asarray(snap)[4, 4::8] == pytest.approx([0, 64, 128, 255], abs=3)

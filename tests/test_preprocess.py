@@ -92,6 +92,24 @@ def test_sixteen_bit_image_keeps_top_byte():
     assert np.allclose(x, 0x80 / 255)
 
 
+def test_twelve_bit_camera_frames_need_bit_depth_12(monkeypatch, caplog):
+    import edge_detect.preprocess as pp
+
+    monkeypatch.setattr(pp, "_warned_bit_depth", False)
+    frame = np.array([[0, 16, 2048, 4095]], np.uint16)  # Mono12 values in a 16-bit PNG
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, "PNG")
+    x12 = Preprocess((1, 4), bit_depth=12)(buf.getvalue())[0, :, 0]
+    assert x12 * 255 == pytest.approx([0, 1, 128, 255])
+    assert not caplog.records
+    # Read as full-range 16-bit, the frame keeps 16 grey levels: one warning names the fix, once.
+    x16 = Preprocess((1, 4))(buf.getvalue())[0, :, 0]
+    assert x16 * 255 == pytest.approx([0, 0, 8, 15])
+    Preprocess((1, 4))(buf.getvalue())
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 1 and "peaks at 4095" in msgs[0] and "--bit-depth 12" in msgs[0]
+
+
 @pytest.mark.parametrize(
     "data, match",
     [
@@ -158,7 +176,9 @@ def test_config_round_trip_and_validation():
     assert Preprocess.from_dict(p.to_dict()) == p
     assert p.shape == (32, 48, 3)
     assert p.with_roi(None).roi is None and p.with_roi([0, 0, 5, 5]).roi == (0, 0, 5, 5)
-    for bad in ({"color": "cmyk"}, {"resize": "magic"}, {"roi": (0, 0, 0, 5)}):
+    assert Preprocess.from_dict({"size": [8, 8], "bit_depth": 12}).bit_depth == 12
+    assert Preprocess.from_dict({"size": [8, 8]}).bit_depth == 16  # bundles written before the key
+    for bad in ({"color": "cmyk"}, {"resize": "magic"}, {"roi": (0, 0, 0, 5)}, {"bit_depth": 17}, {"bit_depth": True}):
         with pytest.raises(ValueError, match="preprocess"):
             Preprocess((8, 8), **bad)
 

@@ -394,3 +394,35 @@ def test_rgb_with_a_roi_from_fit_to_the_device(tmp_path):
     run = load_run(out)
     want, _ = score_keras(run.model, run.scorer, run.preprocess(img)[None])
     assert det.score(img.read_bytes()).score == pytest.approx(float(want[0]), rel=1e-4, abs=1e-6)
+
+
+def test_twelve_bit_frames_from_fit_to_the_device(tmp_path, caplog, monkeypatch):
+    # A Mono12 camera's 16-bit PNGs (values 0..4095): --bit-depth 12 is recorded, and the device
+    # reads the frames the same way, so its score equals training's.
+    import edge_detect.preprocess as pp
+    from edge_detect.detector import Detector
+    from training.train import load_run, score_keras
+
+    monkeypatch.setattr(pp, "_warned_bit_depth", False)
+
+    rng = np.random.default_rng(6)
+    (tmp_path / "ok").mkdir()
+    for i in range(30):
+        a = (rng.integers(1000, 1400, (32, 32)) + 2000 * (np.arange(32) > 15)).astype(np.uint16)
+        Image.fromarray(a).save(tmp_path / "ok" / f"{i}.png")
+    out = tmp_path / "r"
+    res = CliRunner().invoke(main, ["fit", str(tmp_path / "ok"), "--bit-depth", "12", "--out", str(out), *TINY])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "run.json").read_text())["preprocess"]["bit_depth"] == 12
+    assert "peaks at" not in caplog.text
+    res = CliRunner().invoke(main, ["export", str(out), "--out", str(tmp_path / "b"), "--quant", "float32"])
+    assert res.exit_code == 0, res.output
+    det = Detector(tmp_path / "b", variant="float32")
+    assert det.preprocess.bit_depth == 12
+    img = tmp_path / "ok" / "0.png"
+    run = load_run(out)
+    assert run.preprocess(img).max() > 0.5  # 12 significant bits, not 8 of 16
+    want, _ = score_keras(run.model, run.scorer, run.preprocess(img)[None])
+    assert det.score(img.read_bytes()).score == pytest.approx(float(want[0]), rel=1e-4, abs=1e-6)
+    res = CliRunner().invoke(main, ["fit", str(tmp_path / "ok"), "--bit-depth", "7", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "--bit-depth" in res.output

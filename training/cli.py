@@ -166,6 +166,8 @@ def fit_family(family: str, spec: Dict[str, Any], cfg: Any, out_dir: Path, opts:
               help="Run directory to write.")
 @click.option("--input-size", type=click.IntRange(8, 1024), default=64, show_default=True, help="Model input, px.")
 @click.option("--color", type=click.Choice(["gray", "rgb"]), default="gray", show_default=True)
+@click.option("--bit-depth", type=click.IntRange(8, 16), default=16, show_default=True,
+              help="Significant bits of 16-bit images, e.g. 12 for a camera that writes 0..4095.")
 @click.option("--roi", help="Crop x,y,width,height (source px) before resizing.")
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True,
               help="Training epochs (10: MNIST's validation loss is flat by then; see docs/BENCHMARKS.md).")
@@ -213,7 +215,8 @@ def fit_family(family: str, spec: Dict[str, Any], cfg: Any, out_dir: Path, opts:
 @click.option("--quiet", is_flag=True, help="No per-epoch progress.")
 @_data_options
 @click.pass_context
-def fit(ctx: click.Context, data: str, family: str, out_dir: Path, input_size: int, color: str, roi: Optional[str],
+def fit(ctx: click.Context, data: str, family: str, out_dir: Path, input_size: int, color: str, bit_depth: int,
+        roi: Optional[str],
         epochs: int, batch_size: int, learning_rate: float, seed: int, score: str, smooth: int, calibration: str,
         k_sigma: float, quantile: float, far: float, width: int, depth: int, latent: int, superres_factor: int,
         skips: int, noise: str, noise_strength: Optional[float], loss: Optional[str], patience: int,
@@ -225,9 +228,9 @@ def fit(ctx: click.Context, data: str, family: str, out_dir: Path, input_size: i
     spec = _spec(data, seed=seed, calibration=calibration, **data_opts)
     from .train import FitConfig
 
-    cfg = FitConfig(family=family, input_size=input_size, color=color, roi=_roi(roi), epochs=epochs,
-                    batch_size=batch_size, learning_rate=learning_rate, seed=seed, score=score, smooth=smooth,
-                    calibration=calibration, k=k_sigma, q=quantile, far=far, noise=noise,
+    cfg = FitConfig(family=family, input_size=input_size, color=color, bit_depth=bit_depth, roi=_roi(roi),
+                    epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, score=score,
+                    smooth=smooth, calibration=calibration, k=k_sigma, q=quantile, far=far, noise=noise,
                     noise_strength=(0.5 if noise == "synthetic" else 0.1) if noise_strength is None else noise_strength,
                     patience=patience, loss=loss,
                     model_params={"width": width, "depth": depth, "latent": latent, "k": superres_factor,

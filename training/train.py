@@ -41,6 +41,7 @@ class FitConfig:
     color: str = "gray"
     roi: Optional[Tuple[int, int, int, int]] = None
     resize: str = "bilinear"
+    bit_depth: int = 16  # significant bits of 16-bit images (12: a camera writing 0..4095)
     epochs: int = 10
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -58,7 +59,8 @@ class FitConfig:
     model_params: Dict[str, Any] = field(default_factory=dict)
 
     def preprocess(self) -> Preprocess:
-        return Preprocess((self.input_size, self.input_size), self.color, self.roi, self.resize)
+        return Preprocess((self.input_size, self.input_size), self.color, self.roi, self.resize,
+                          bit_depth=self.bit_depth)
 
 
 @dataclass
