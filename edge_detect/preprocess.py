@@ -101,6 +101,8 @@ class Preprocess:
         d.pop("extra")
         d["size"] = list(self.size)
         d["roi"] = list(self.roi) if self.roi else None
+        if d["bit_depth"] == 16:
+            del d["bit_depth"]  # the default: bundles that don't need the key still load on older devices
         return d
 
     @classmethod
@@ -133,6 +135,9 @@ class Preprocess:
             rw, rh = (self.roi[2], self.roi[3]) if self.roi else (w0, h0)
             want = (math.ceil(self.size[1] * w0 / rw), math.ceil(self.size[0] * h0 / rh))
             img.draft(target_mode if target_mode == "L" else "RGB", want)
+        if self.bit_depth != 16 and _wide_colour(img):
+            _warn_once("colour", "a 16-bit colour image is read at 8 bits per channel (its top byte): "
+                       "bit_depth %d applies to 16-bit gray images only", self.bit_depth)
         try:
             img.load()
         except (OSError, SyntaxError, ValueError) as e:
@@ -173,24 +178,40 @@ def eight_bit(img: Image.Image, bit_depth: int = 16) -> Image.Image:
     if not img.mode.startswith("I"):
         return img
     arr = np.asarray(img, dtype=np.int64)
-    _check_bit_depth(int(arr.max(initial=0)), bit_depth)
+    _check_bit_depth(int(arr.max(initial=0)), bit_depth, "32-bit" if img.mode == "I" else "16-bit")
     return Image.fromarray(np.clip(arr >> (bit_depth - 8), 0, 255).astype(np.uint8), "L")
 
 
-_warned_bit_depth = False
+# Bit depths cameras write (Mono10/12/14); a frame's peak suggests the smallest that holds it.
+CAMERA_BIT_DEPTHS = (10, 12, 14, 16)
+_warned: set = set()
 
 
-def _check_bit_depth(peak: int, bit_depth: int) -> None:
-    """Warn once per process when a 16-bit image's values fit in 4 fewer bits than ``bit_depth``:
-    it would keep at most 16 grey levels, which is what a 12-bit camera read as 16-bit gives."""
-    global _warned_bit_depth
-    if _warned_bit_depth or peak <= 0 or peak >= 1 << (bit_depth - 4):
-        return
-    _warned_bit_depth = True
-    bits = max(8, peak.bit_length())
-    log.warning("a 16-bit image peaks at %d, so with bit_depth %d it keeps only %d grey levels; if the camera "
-                "writes %d-bit values, train with edge-train fit --bit-depth %d", peak, bit_depth,
-                (peak >> (bit_depth - 8)) + 1, bits, bits)
+def _warn_once(key: str, msg: str, *args: Any) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(msg, *args)
+
+
+def _check_bit_depth(peak: int, bit_depth: int, kind: str) -> None:
+    """Warn once per process when an integer image's values look like another bit depth: all below
+    a quarter of ``bit_depth``'s range (it keeps at most 64 grey levels: a 10-14-bit camera read as
+    16-bit), or above its range (clipped to white: the camera writes more bits)."""
+    if peak >= 1 << bit_depth:
+        _warn_once("clipped", "a %s image has values up to %d, above the %d that bit_depth %d holds: they are "
+                   "clipped to white; if the camera writes more bits, train with edge-train fit --bit-depth %d",
+                   kind, peak, (1 << bit_depth) - 1, bit_depth, min(16, max(bit_depth + 1, peak.bit_length())))
+    elif 0 < peak < 1 << (bit_depth - 2):
+        bits = next((b for b in CAMERA_BIT_DEPTHS if peak < 1 << b), 16)
+        if bits < bit_depth:
+            _warn_once("dark", "a %s image peaks at %d, so with bit_depth %d it keeps only %d grey levels; if the "
+                       "camera writes %d-bit values, train with edge-train fit --bit-depth %d", kind, peak,
+                       bit_depth, (peak >> (bit_depth - 8)) + 1, bits, bits)
+
+
+def _wide_colour(img: Image.Image) -> bool:
+    """A 48- or 64-bit colour PNG/TIFF, which Pillow decodes to 8 bits per channel (the top byte)."""
+    return img.mode in ("RGB", "RGBA") and any(";16" in str(t[3]) for t in (getattr(img, "tile", None) or []))
 
 
 def _open(source: Any) -> Image.Image:

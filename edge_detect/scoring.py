@@ -179,7 +179,14 @@ class VoteScorer(Scorer):
     method = "vote"  # what heatmaps read from the scoring block: the maps are already smoothed
 
     def __post_init__(self) -> None:
-        self.scorers = [ReconstructionScorer(**{k: v for k, v in m.items() if k != "kind"}) for m in self.members]
+        self.scorers = []
+        for i, m in enumerate(self.members):
+            if not isinstance(m, dict) or m.get("kind", "reconstruction") != "reconstruction":
+                raise ValueError(f"scoring.members[{i}] must be a reconstruction scoring block, got {m!r}")
+            try:
+                self.scorers.append(ReconstructionScorer(**{k: v for k, v in m.items() if k != "kind"}))
+            except TypeError as e:  # an unknown key
+                raise ValueError(f"scoring.members[{i}]: {e}") from None
         n = len(self.scorers)
         if n < 2:
             raise ValueError(f"scoring.members: a vote needs at least 2 members, got {n}")

@@ -92,22 +92,63 @@ def test_sixteen_bit_image_keeps_top_byte():
     assert np.allclose(x, 0x80 / 255)
 
 
+def _png16(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr.astype(np.uint16)).save(buf, "PNG")
+    return buf.getvalue()
+
+
 def test_twelve_bit_camera_frames_need_bit_depth_12(monkeypatch, caplog):
     import edge_detect.preprocess as pp
 
-    monkeypatch.setattr(pp, "_warned_bit_depth", False)
-    frame = np.array([[0, 16, 2048, 4095]], np.uint16)  # Mono12 values in a 16-bit PNG
-    buf = io.BytesIO()
-    Image.fromarray(frame).save(buf, "PNG")
-    x12 = Preprocess((1, 4), bit_depth=12)(buf.getvalue())[0, :, 0]
+    monkeypatch.setattr(pp, "_warned", set())
+    frame = _png16(np.array([[0, 16, 2048, 4095]]))  # Mono12 values in a 16-bit PNG
+    x12 = Preprocess((1, 4), bit_depth=12)(frame)[0, :, 0]
     assert x12 * 255 == pytest.approx([0, 1, 128, 255])
     assert not caplog.records
     # Read as full-range 16-bit, the frame keeps 16 grey levels: one warning names the fix, once.
-    x16 = Preprocess((1, 4))(buf.getvalue())[0, :, 0]
+    x16 = Preprocess((1, 4))(frame)[0, :, 0]
     assert x16 * 255 == pytest.approx([0, 0, 8, 15])
-    Preprocess((1, 4))(buf.getvalue())
+    Preprocess((1, 4))(frame)
     msgs = [r.getMessage() for r in caplog.records]
-    assert len(msgs) == 1 and "peaks at 4095" in msgs[0] and "--bit-depth 12" in msgs[0]
+    assert len(msgs) == 1 and "16-bit image peaks at 4095" in msgs[0] and "16 grey levels" in msgs[0]
+    assert "--bit-depth 12" in msgs[0]
+
+
+@pytest.mark.parametrize("values, bit_depth, needle", [
+    ([0, 1500], 16, "--bit-depth 12"),  # a dim 12-bit frame still suggests the camera's 12, not 11
+    ([0, 9000], 16, "--bit-depth 14"),  # Mono14 read as 16-bit: 36 grey levels
+    ([0, 65535], 12, "clipped to white; if the camera writes more bits, train with edge-train fit --bit-depth 16"),
+    ([0, 40000], 16, None),  # a full-range frame: nothing to say
+    ([0, 900], 10, None),
+])
+def test_bit_depth_warnings(monkeypatch, caplog, values, bit_depth, needle):
+    import edge_detect.preprocess as pp
+
+    monkeypatch.setattr(pp, "_warned", set())
+    Preprocess((1, 2), bit_depth=bit_depth)(_png16(np.array([values])))
+    msgs = [r.getMessage() for r in caplog.records]
+    assert (needle in msgs[0] if needle else not msgs), msgs
+
+
+def test_sixteen_bit_colour_is_read_at_its_top_byte_and_said_so(monkeypatch, caplog):
+    import edge_detect.preprocess as pp
+
+    monkeypatch.setattr(pp, "_warned", set())
+    # A 48-bit RGB PNG by hand (Pillow cannot write one): every channel 0x1234.
+    raw = b"".join(b"\x00" + b"\x12\x34" * 3 * 2 for _ in range(2))
+    ihdr = struct.pack(">IIBBBBB", 2, 2, 16, 2, 0, 0, 0)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    x = Preprocess((2, 2), "rgb", bit_depth=12)(png)
+    assert x * 255 == pytest.approx(np.full((2, 2, 3), 0x12))
+    assert "bit_depth 12 applies to 16-bit gray images only" in caplog.text
+    caplog.clear()
+    Preprocess((2, 2), "rgb")(png)  # the default expects nothing else
+    assert not caplog.records
 
 
 @pytest.mark.parametrize(
@@ -178,6 +219,7 @@ def test_config_round_trip_and_validation():
     assert p.with_roi(None).roi is None and p.with_roi([0, 0, 5, 5]).roi == (0, 0, 5, 5)
     assert Preprocess.from_dict({"size": [8, 8], "bit_depth": 12}).bit_depth == 12
     assert Preprocess.from_dict({"size": [8, 8]}).bit_depth == 16  # bundles written before the key
+    assert "bit_depth" not in Preprocess((8, 8)).to_dict()  # ... which still load on devices that predate it
     for bad in ({"color": "cmyk"}, {"resize": "magic"}, {"roi": (0, 0, 0, 5)}, {"bit_depth": 17}, {"bit_depth": True}):
         with pytest.raises(ValueError, match="preprocess"):
             Preprocess((8, 8), **bad)

@@ -403,7 +403,7 @@ def test_twelve_bit_frames_from_fit_to_the_device(tmp_path, caplog, monkeypatch)
     from edge_detect.detector import Detector
     from training.train import load_run, score_keras
 
-    monkeypatch.setattr(pp, "_warned_bit_depth", False)
+    monkeypatch.setattr(pp, "_warned", set())
 
     rng = np.random.default_rng(6)
     (tmp_path / "ok").mkdir()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -87,4 +88,28 @@ def test_vote_refuses_members_of_other_data_or_kind(members):
         assert "Traceback" not in r.output
     r = CliRunner().invoke(main, ["vote", *map(str, runs), "--out", str(runs[0])])
     assert r.exit_code == 2 and "--out must not be one of the runs" in r.output
+    # A run of another kind is refused from its run.json, before its model is read.
+    metric = root / "metric-like"
+    shutil.copytree(runs[1], metric)
+    info = json.loads((metric / "run.json").read_text())
+    info.update(family="metric", model="metric", metric={}, input_shape=[16, 16, 1])
+    (metric / "run.json").write_text(json.dumps(info))
+    (metric / "model.keras").write_bytes(b"not a keras model")
+    for args, needle in (([runs[0], metric], "only autoencoder runs can vote (this one is metric)"),
+                         ([runs[0], runs[1], runs[0]], "is listed twice")):
+        r = CliRunner().invoke(main, ["vote", *map(str, args), "--out", str(root / "v-bad")])
+        assert r.exit_code == 2 and needle in r.output, r.output
     assert not (root / "v-bad").exists()
+
+
+@pytest.mark.slow
+def test_vote_accepts_a_member_whose_run_json_spells_the_default_bit_depth(members):
+    # Runs written by one version record preprocess.bit_depth 16, others leave the default out.
+    root, runs = members
+    spelled = root / "superres-spelled"
+    shutil.copytree(runs[1], spelled)
+    info = json.loads((spelled / "run.json").read_text())
+    info["preprocess"]["bit_depth"] = 16
+    (spelled / "run.json").write_text(json.dumps(info))
+    r = CliRunner().invoke(main, ["vote", str(runs[0]), str(spelled), "--out", str(root / "v-spelled")])
+    assert r.exit_code == 0, r.output

@@ -21,10 +21,10 @@ from edge_detect.scoring import ReconstructionScorer, VoteScorer
 from . import calibrate as cal
 from .data import rebuild_run_splits
 from .train import (
-    Run,
     evaluate_scores,
     heatmap_maps,
     load_run,
+    read_run_json,
     save_keras_model,
     score_keras,
     tool_versions,
@@ -35,20 +35,39 @@ from .train import (
 SHARED = ("preprocess", "dataset")
 
 
-def check_members(runs: Sequence[Run]) -> None:
-    """ValueError naming the run and key where members differ, or where a member cannot vote."""
-    if len(runs) < 2:
-        raise ValueError(f"a vote needs at least 2 runs, got {len(runs)}")
-    first = runs[0]
-    for r in runs:
-        if r.family != "autoencoder" or r.scorer.kind != "reconstruction":
-            raise ValueError(f"{r.path}: only autoencoder runs can vote (this one is {r.info.get('model', r.family)})")
+def check_members(run_dirs: Sequence[Path]) -> List[Dict[str, Any]]:
+    """The members' run.json contents; ValueError naming the run and key where members differ, or
+    where a member cannot vote. Reads no model, so a run of another kind gets this message."""
+    from edge_detect.preprocess import Preprocess
+
+    if len(run_dirs) < 2:
+        raise ValueError(f"a vote needs at least 2 runs, got {len(run_dirs)}")
+    seen = {}
+    for d in run_dirs:
+        real = Path(d).resolve()
+        if real in seen:
+            raise ValueError(f"{d} is listed twice (as {seen[real]}): a run cannot outvote the others")
+        seen[real] = d
+    infos = [read_run_json(Path(d)) for d in run_dirs]
+    shared = []
+    for d, info in zip(run_dirs, infos):
+        kind = (info.get("scoring") or {}).get("kind")
+        if info.get("family", "autoencoder") != "autoencoder" or kind != "reconstruction":
+            what = info.get("model", info.get("family"))
+            raise ValueError(f"{d}: only autoencoder runs can vote (this one is {what})")
+        try:  # the block as the code reads it, so a key older versions did not write compares equal
+            pre = Preprocess.from_dict(info["preprocess"]).to_dict()
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{d}/run.json: preprocess: {e}") from None
+        shared.append({"preprocess": pre, "dataset": info["dataset"]})
+    for d, blocks in zip(run_dirs[1:], shared[1:]):
         for block in SHARED:
-            a, b = first.info[block], r.info[block]
+            a, b = shared[0][block], blocks[block]
             for key in sorted(set(a) | set(b)):
                 if a.get(key) != b.get(key):
-                    raise ValueError(f"{r.path}/run.json: {block}.{key} is {b.get(key)!r} but {first.path} has "
+                    raise ValueError(f"{d}/run.json: {block}.{key} is {b.get(key)!r} but {run_dirs[0]} has "
                                      f"{a.get(key)!r}; the members must be trained on the same data and split")
+    return infos
 
 
 def vote_model(models: Sequence[Any], batch_size: Optional[int] = None) -> Any:
@@ -98,8 +117,8 @@ def combine(run_dirs: Sequence[Path], out_dir: Path, vote: int = 0) -> Dict[str,
 
     vote: how many members must reject an image (0: all of them).
     """
+    check_members(run_dirs)
     runs = [load_run(Path(d)) for d in run_dirs]
-    check_members(runs)
     n = len(runs)
     if not 0 <= vote <= n:
         raise ValueError(f"--vote must be 1..{n} for {n} runs (0: all), got {vote}")
