@@ -209,6 +209,13 @@ def test_e2e_latency_bench(tiny_bundle: Path, tmp_path: Path) -> None:
     assert 0 < row["p50_ms"] <= row["p99_ms"] < 10_000
 
 
+def test_score_cost_bench(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_bench(monkeypatch, tmp_path, "score_cost", tiny_bundle, "--variant", "float32", "--blocks", "2")
+    (row,) = _result(tmp_path, "score_cost")["rows"]
+    assert row["n"] == 50 and row["scorer"] == "reconstruction" and row["variant"] == "float32"
+    assert 0 < row["invoke_p50_ms"] < 1000 and 0 < row["score_p50_ms"] <= row["score_p99_ms"]
+
+
 # -- quality --------------------------------------------------------------------------------------
 
 

@@ -152,3 +152,20 @@ def test_vote_scorer_round_trip_variant_thresholds_and_errors():
                         ([*members[:2], {"kind": "reconstruction", "gamma": 2}], r"members\[2\]: .*gamma")):
         with pytest.raises(ValueError, match=needle):
             scorer_from_dict({**d, "members": bad})
+
+
+def test_vote_of_mixed_methods_smooths_each_member_like_its_own_heatmap():
+    from edge_detect.scoring import pixel_map
+
+    rng = np.random.default_rng(2)
+    x, y = rng.random((4, 16, 16, 1), dtype=np.float32), rng.random((4, 16, 16, 3), dtype=np.float32)
+    members = [{"kind": "reconstruction", "method": "mse"}, {"kind": "reconstruction", "method": "max_smooth",
+               "smooth": 3}, {"kind": "reconstruction", "method": "mae", "smooth": 7}]
+    t = [0.01, 0.02, 0.03]
+    got_s, got_m = VoteScorer(members, t, 2)(x, y)
+    s, m = zip(*(ReconstructionScorer(**{k: v for k, v in d.items() if k != "kind"})(x, y[..., i:i + 1])
+                 for i, d in enumerate(members)))
+    ratios = np.stack([si / ti for si, ti in zip(s, t)])
+    maps = np.stack([pixel_map(mi, d["method"], d.get("smooth", 5)) / ti for mi, d, ti in zip(m, members, t)])
+    assert got_s == pytest.approx(np.median(ratios, axis=0), rel=1e-5)  # 2 of 3: the middle one
+    assert got_m == pytest.approx(np.median(maps, axis=0), rel=1e-5)
