@@ -315,6 +315,17 @@ def test_evaluate_on_a_folder_the_run_never_saw_tests_every_image(run, tmp_path)
     assert res.exit_code == 0, res.output
     m = json.loads(res.output.strip().splitlines()[-1])
     assert (m["n_normal"], m["n_anomalous"]) == (10, 5) and m["report"].endswith("report-float32-ok")
+    # Another folder of the same name gets its own report; the first folder's is kept, and reused.
+    ok2, bad2 = _folder(tmp_path / "other", n_good=6, n_bad=3, seed=8)
+    reports = []
+    for folders in ((ok2, bad2), (ok, bad)):
+        res = CliRunner().invoke(main, ["evaluate", str(out), "--bundle", str(bundle), "--data", str(folders[0]),
+                                        "--anomalies", str(folders[1]), "--json"])
+        assert res.exit_code == 0, res.output
+        reports.append(json.loads(res.output.strip().splitlines()[-1]))
+    assert reports[0]["report"].endswith("report-float32-ok-2") and reports[0]["n_normal"] == 6
+    assert reports[1]["report"] == m["report"]
+    assert json.loads((Path(m["report"]) / "metrics.json").read_text())["n_normal"] == 10
     everything = sorted(p.name for p in [*ok.iterdir(), *bad.iterdir()])
     assert sorted(Path(i).name for i in m["scores"]["images"]) == everything
 

@@ -378,6 +378,21 @@ def load_run(run_dir: Path) -> Run:
     )
 
 
+def report_dir_for(run_dir: Path, name: str, dataset: Dict[str, Any]) -> Path:
+    """RUN_DIR/NAME, or the first of NAME-2, NAME-3, ... that is free or already holds this dataset's
+    report: two data folders of the same name must not overwrite each other's reports."""
+    for i in range(1, 10_000):
+        d = run_dir / (name if i == 1 else f"{name}-{i}")
+        if not d.exists():
+            return d
+        try:
+            if json.loads((d / "metrics.json").read_text()).get("dataset") == dataset:
+                return d
+        except (OSError, ValueError, AttributeError):
+            pass  # not a report of ours, or of a version that did not record its data: keep it
+    raise ValueError(f"{run_dir}: no free report folder name for {name}; pass --report DIR")
+
+
 def evaluate_run(
     run_dir: Path,
     spec: Optional[Dict[str, Any]] = None,
@@ -424,6 +439,7 @@ def evaluate_run(
         where = f"run {run_dir} (Keras float32)"
     metrics = evaluate_scores(splits, scores, maps, threshold)
     metrics["evaluated"] = where
+    metrics["dataset"] = {k: os.path.realpath(spec[k]) if spec.get(k) else None for k in ("path", "anomalies")}
     metrics["data"] = splits.summary["counts"]
     metrics["skipped_files"] = splits.summary["skipped_files"]
     metrics["scores"] = {"test": [float(s) for s in scores], "labels": splits.y_test.tolist(),
@@ -434,9 +450,10 @@ def evaluate_run(
 
         if report_dir is None:
             name = f"report-{det.variant}" if bundle is not None else "report"
-            if not own:
-                name += "-" + (Path(spec["path"]).name or "data")
             report_dir = Path(run_dir) / name
+            if not own:
+                report_dir = report_dir_for(Path(run_dir), f"{name}-{Path(spec['path']).name or 'data'}",
+                                            metrics["dataset"])
         metrics["report"] = str(report_dir)
         write_report(report_dir, metrics, val_scores, scores, splits, threshold, maps, pre)
     return metrics
