@@ -437,3 +437,21 @@ def test_twelve_bit_frames_from_fit_to_the_device(tmp_path, caplog, monkeypatch)
     assert det.score(img.read_bytes()).score == pytest.approx(float(want[0]), rel=1e-4, abs=1e-6)
     res = CliRunner().invoke(main, ["fit", str(tmp_path / "ok"), "--bit-depth", "7", "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "--bit-depth" in res.output
+
+
+def test_tensorflow_start_up_notices_are_dropped_and_other_stderr_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from training.tfimport import NOISE, without_noise
+
+    assert without_noise("I0000 port.cc:153] oneDNN custom operations are on.\nreal trouble\n") == "real trouble\n"
+    noisy = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True, text=True).stderr
+    if not any(n in noisy for n in NOISE):
+        pytest.skip("this TensorFlow build prints no start-up notices here")
+    ok, _ = _folder(tmp_path, n_good=30, n_bad=2)
+    res = subprocess.run([sys.executable, "-m", "training.cli", "fit", str(ok), "--out", str(tmp_path / "r"), *TINY],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert not any(n in res.stderr for n in NOISE), res.stderr
+    assert "threshold (mu_k_sigma)" in res.stdout

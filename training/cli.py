@@ -58,6 +58,9 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
 def main(verbose: int) -> None:
     """Train, evaluate and export anomaly models for edge-detect."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from .tfimport import install
+
+    install()  # TensorFlow's start-up notices dropped, whenever a command first needs it
     logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2), format="%(levelname)s: %(message)s")
 
 
