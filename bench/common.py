@@ -28,6 +28,11 @@ import numpy as np
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+from training.tfimport import install as _quiet_tensorflow  # noqa: E402 - numpy and the standard library only
+
+_quiet_tensorflow()  # benches that train print their tables, not TensorFlow's start-up notices
 RESULTS_DIR = BENCH_DIR / "results"
 # The shared data folder sits beside the repository on the development machines; a user's clone lacks it.
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
