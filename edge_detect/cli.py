@@ -48,7 +48,7 @@ def score(
     """Score IMAGES with BUNDLE and print one verdict per image.
 
     Plain output: path, score, normalised score (1.0 = threshold), threshold, verdict.
-    --json: one object per line with image, score, normalised, threshold, anomalous, variant.
+    --json: one object per line with image, score, normalised, threshold, anomalous, variant, timings_ms.
     Exit code 0 when every image was scored, 1 when some could not be read, 2 when none could
     (or the bundle was refused).
     """
