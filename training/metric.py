@@ -119,7 +119,7 @@ def train_embedder(
     """Train the L2-softmax classifier; returns (classifier, history). Classes are balanced by weight."""
     import keras
 
-    from .pipeline import shuffled_batches
+    from .pipeline import in_order_batches, shuffled_batches
 
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(tuple(x.shape[1:]), n_classes, cfg.backbone, cfg.embed_dim, cfg.alpha, cfg.width,
@@ -129,7 +129,8 @@ def train_embedder(
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
     # Outlier exposure usually has far fewer (or more) aux images than normals: weight classes equally.
     weights = {c: float(len(y) / (n_classes * max(1.0, counts[c]))) for c in range(n_classes)}
-    val = (x_val, y_val) if x_val is not None and y_val is not None and len(x_val) else None
+    val = (in_order_batches((x_val, y_val), cfg.batch_size) if x_val is not None and y_val is not None and len(x_val)
+           else None)
     hist = keras.callbacks.History()  # ours, so the epochs before a Ctrl-C are still recorded
     last: List[Any] = []  # the weights after the last completed epoch
 

@@ -22,6 +22,17 @@ def untuned(ds: Any) -> Any:
     return ds.with_options(opts)
 
 
+def in_order_batches(arrays: Any, batch_size: int) -> Any:
+    """Batches of ``arrays`` (an array or a tuple of equally long ones) in order, for ``validation_data``.
+
+    Arrays there would go through Keras's array adapter, whose parallel map also starts the
+    autotuning thread and, on TF 2.21, prints an "E0000 ... use_unbounded_threadpool" line.
+    """
+    import tensorflow as tf
+
+    return untuned(tf.data.Dataset.from_tensor_slices(arrays).batch(batch_size).prefetch(2))
+
+
 def shuffled_batches(arrays: Any, batch_size: int, seed: int, map_fn: Optional[Callable[..., Any]] = None) -> Any:
     """Batches of ``arrays`` (an array or a tuple of equally long ones), reshuffled every epoch from ``seed``.
 

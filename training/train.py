@@ -163,7 +163,7 @@ def fit(spec: Dict[str, Any], cfg: FitConfig, out_dir: Path, verbose: int = 1,
     import tensorflow as tf
 
     from .models import build_model, loss_for, loss_name
-    from .pipeline import shuffled_batches
+    from .pipeline import in_order_batches, shuffled_batches
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -197,7 +197,7 @@ def fit(spec: Dict[str, Any], cfg: FitConfig, out_dir: Path, verbose: int = 1,
     interrupted = False
     t1 = time.perf_counter()
     try:
-        model.fit(ds, validation_data=(splits.x_val, splits.x_val), epochs=cfg.epochs,
+        model.fit(ds, validation_data=in_order_batches((splits.x_val, splits.x_val), cfg.batch_size), epochs=cfg.epochs,
                   callbacks=[*cbs, hist, *callbacks], verbose=verbose, shuffle=False)  # ds shuffles itself
     except KeyboardInterrupt:
         interrupted = True
