@@ -125,3 +125,16 @@ def test_denoising_fit_through_each_input_pipeline(mvtec_dir, tmp_path, noise):
         shown = pixel_map(raw, "mse", cfg.smooth)
         assert info["metrics"]["pixel"]["pixel_auroc"] == pytest.approx(pixel_auroc(shown, splits.masks_test))
         assert pixel_auroc(shown, splits.masks_test) != pytest.approx(pixel_auroc(raw, splits.masks_test))
+
+
+def test_predict_shows_progress_on_large_sets_only(capsys):
+    from training.models import build_model
+    from training.train import predict
+
+    model = build_model("plain", (16, 16, 1), **TINY)
+    x = np.zeros((2000, 16, 16, 1), np.float32)
+    assert predict(model, x[:100]).shape == (100, 16, 16, 1)
+    assert "model" not in capsys.readouterr().err
+    assert predict(model, x).shape == x.shape
+    err = capsys.readouterr().err
+    assert "model:" in err and "/2000 [" in err

@@ -126,11 +126,27 @@ def synthetic_pairs(x: np.ndarray, batch_size: int, fraction: float, seed: int) 
 
 
 def predict(model: Any, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Reconstructions of (N, H, W, C) with a Keras model, without Keras' per-call overhead."""
+    """Reconstructions of (N, H, W, C) with a Keras model, without Keras' per-call overhead.
+
+    From 2,000 images on, a progress bar (images) on stderr while it runs."""
     if len(x) == 0:
         return np.empty_like(x)
-    return np.concatenate([np.asarray(model(x[i : i + batch_size], training=False))
-                           for i in range(0, len(x), batch_size)])
+    bar = None
+    if len(x) >= 2000:
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(x), desc="model", unit="img", leave=False)
+        except ImportError:
+            pass
+    out = []
+    for i in range(0, len(x), batch_size):
+        out.append(np.asarray(model(x[i : i + batch_size], training=False)))
+        if bar is not None:
+            bar.update(len(out[-1]))
+    if bar is not None:
+        bar.close()
+    return np.concatenate(out)
 
 
 def score_keras(model: Any, scorer: Scorer, x: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
