@@ -70,11 +70,11 @@ def check_members(run_dirs: Sequence[Path]) -> List[Dict[str, Any]]:
     return infos
 
 
-def vote_model(models: Sequence[Any], batch_size: Optional[int] = None) -> Any:
+def vote_model(models: Sequence[Any]) -> Any:
     """One Keras model: the members side by side, reconstructions concatenated on the channel axis."""
     import keras
 
-    inp = keras.Input(shape=models[0].input_shape[1:], batch_size=batch_size, name="image")
+    inp = keras.Input(shape=models[0].input_shape[1:], name="image")
     outs = []
     for i, m in enumerate(models):
         m.name = f"member{i}"  # nested models need distinct names
@@ -118,11 +118,11 @@ def combine(run_dirs: Sequence[Path], out_dir: Path, vote: int = 0) -> Dict[str,
     vote: how many members must reject an image (0: all of them).
     """
     check_members(run_dirs)
-    runs = [load_run(Path(d)) for d in run_dirs]
-    n = len(runs)
+    n = len(run_dirs)
     if not 0 <= vote <= n:
         raise ValueError(f"--vote must be 1..{n} for {n} runs (0: all), got {vote}")
     vote = vote or n
+    runs = [load_run(Path(d)) for d in run_dirs]
     t0 = time.perf_counter()
     first = runs[0]
     splits = rebuild_run_splits(first.info, first.preprocess, with_train=False)
