@@ -33,8 +33,8 @@ _RESAMPLE = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 COLORS = ("gray", "rgb")
-# Modes we can convert to gray/RGB without guessing what the pixels mean.
 log = logging.getLogger(__name__)
+# Modes we can convert to gray/RGB without guessing what the pixels mean.
 _ACCEPTED_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I;16", "I;16B", "I;16L", "I"}
 
 ImageSource = Union[str, Path, bytes, bytearray, memoryview, np.ndarray, Image.Image]
@@ -198,9 +198,10 @@ def _check_bit_depth(peak: int, bit_depth: int, kind: str) -> None:
     a quarter of ``bit_depth``'s range (it keeps at most 64 grey levels: a 10-14-bit camera read as
     16-bit), or above its range (clipped to white: the camera writes more bits)."""
     if peak >= 1 << bit_depth:
+        fix = (f"; if the camera writes more bits, train with edge-train fit --bit-depth {min(16, peak.bit_length())}"
+               if bit_depth < 16 else "")
         _warn_once("clipped", "a %s image has values up to %d, above the %d that bit_depth %d holds: they are "
-                   "clipped to white; if the camera writes more bits, train with edge-train fit --bit-depth %d",
-                   kind, peak, (1 << bit_depth) - 1, bit_depth, min(16, max(bit_depth + 1, peak.bit_length())))
+                   "clipped to white%s", kind, peak, (1 << bit_depth) - 1, bit_depth, fix)
     elif 0 < peak < 1 << (bit_depth - 2):
         bits = next((b for b in CAMERA_BIT_DEPTHS if peak < 1 << b), 16)
         if bits < bit_depth:
