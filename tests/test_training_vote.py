@@ -73,6 +73,46 @@ def test_vote_run_scores_as_its_members_agree_and_exports(members):
 
 
 @pytest.mark.slow
+def test_vote_bundle_in_the_daemon_publishes_events_with_regions(members, mosquitto, tmp_path):
+    # The device end of the vote: the daemon scores a watched folder with the int8 vote bundle and
+    # publishes anomaly events (with regions and a heatmap) to a real broker.
+    from daemon_helpers import DaemonProc, Subscriber, drop_file, write_config
+    from test_daemon import _dir_camera
+
+    root, runs = members
+    out, bundle = tmp_path / "vote", tmp_path / "vote-bundle"
+    for args in (["vote", *map(str, runs), "--out", str(out)],
+                 ["export", str(out), "--out", str(bundle), "--quant", "int8"]):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 0, r.output
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    good = sorted((root / "data/test/good").glob("*.png"))[:3]
+    bad = sorted((root / "data/test/square").glob("*.png"))[:3]
+    for p in good:
+        drop_file(inbox, f"good-{p.name}", p.read_bytes())
+    for p in bad:
+        drop_file(inbox, f"square-{p.name}", p.read_bytes())
+    sub = Subscriber(mosquitto, ["edge-detect/vote1/#"], client_id="vote-e2e")
+    assert sub.subscribed.wait(5)
+    cfg = write_config(tmp_path / "edge.toml", device="vote1", bundle=bundle, broker=mosquitto,
+                       outbox=tmp_path / "outbox.sqlite", cameras=_dir_camera("front", inbox, heatmap=True))
+    d = DaemonProc(cfg, tmp_path / "daemon.log")
+    try:
+        stats = d.wait_for(lambda x: x.get("event") == "stats" and x["frames"] == 6)
+        assert sub.wait(lambda: len(sub.events()) >= stats["events"] > 0, 20), d.tail()
+    finally:
+        rc = d.terminate()
+    assert rc == 0, d.tail()
+    events = sub.events()
+    # Every alert is a defect image, scored against the vote's threshold of 1.0 (the members' own).
+    assert events and all(e["extra"]["image"].startswith("square-") for e in events)
+    assert all(e["threshold"] == 1.0 and e["score"] > 1.0 and e["model"]["name"] == "vote" for e in events)
+    assert any(e["extra"].get("regions") for e in events) and sub.payloads("/heatmap/")
+    sub.close()
+
+
+@pytest.mark.slow
 def test_vote_refuses_members_of_other_data_or_kind(members):
     root, runs = members
     other = _fit(root / "data", root / "plain-seed1", "plain", "--seed", "1")
