@@ -197,17 +197,16 @@ def _check_bit_depth(peak: int, bit_depth: int, kind: str) -> None:
     """Warn once per process when an integer image's values look like another bit depth: all below
     a quarter of ``bit_depth``'s range (it keeps at most 64 grey levels: a 10-14-bit camera read as
     16-bit), or above its range (clipped to white: the camera writes more bits)."""
+    bits = next((b for b in CAMERA_BIT_DEPTHS if peak < 1 << b), 16)  # the camera depth that holds the peak
     if peak >= 1 << bit_depth:
-        fix = (f"; if the camera writes more bits, train with edge-train fit --bit-depth {min(16, peak.bit_length())}"
-               if bit_depth < 16 else "")
+        fix = (f"; if the camera writes more bits, train with edge-train fit --bit-depth {bits}"
+               if bits > bit_depth else "")
         _warn_once("clipped", "a %s image has values up to %d, above the %d that bit_depth %d holds: they are "
                    "clipped to white%s", kind, peak, (1 << bit_depth) - 1, bit_depth, fix)
-    elif 0 < peak < 1 << (bit_depth - 2):
-        bits = next((b for b in CAMERA_BIT_DEPTHS if peak < 1 << b), 16)
-        if bits < bit_depth:
-            _warn_once("dark", "a %s image peaks at %d, so with bit_depth %d it keeps only %d grey levels; if the "
-                       "camera writes %d-bit values, train with edge-train fit --bit-depth %d", kind, peak,
-                       bit_depth, (peak >> (bit_depth - 8)) + 1, bits, bits)
+    elif 0 < peak < 1 << (bit_depth - 2) and bits < bit_depth:
+        _warn_once("dark", "a %s image peaks at %d, so with bit_depth %d it keeps only %d grey levels; if the "
+                   "camera writes %d-bit values, train with edge-train fit --bit-depth %d", kind, peak,
+                   bit_depth, (peak >> (bit_depth - 8)) + 1, bits, bits)
 
 
 def _wide_colour(img: Image.Image) -> bool:

@@ -226,8 +226,10 @@ class VoteScorer(Scorer):
         extra = set(d) - {"members", "thresholds", "vote", "method"}
         if extra:
             raise ValueError(f"scoring: unknown key(s) {', '.join(sorted(extra))} for kind vote")
-        return cls(members=list(d.get("members", [])), thresholds=list(np.asarray(th).ravel()),
-                   vote=int(d.get("vote", 0)))
+        vote = d.get("vote", 0)
+        if isinstance(vote, bool) or not isinstance(vote, (int, np.integer)):
+            raise ValueError(f"scoring.vote must be an integer, got {vote!r}")
+        return cls(members=list(d.get("members", [])), thresholds=list(np.asarray(th).ravel()), vote=int(vote))
 
 
 def _kth_highest(a: np.ndarray, k: int) -> np.ndarray:

@@ -119,6 +119,7 @@ def test_twelve_bit_camera_frames_need_bit_depth_12(monkeypatch, caplog):
     ([0, 1500], 16, "--bit-depth 12"),  # a dim 12-bit frame still suggests the camera's 12, not 11
     ([0, 9000], 16, "--bit-depth 14"),  # Mono14 read as 16-bit: 36 grey levels
     ([0, 65535], 12, "clipped to white; if the camera writes more bits, train with edge-train fit --bit-depth 16"),
+    ([0, 5000], 12, "--bit-depth 14"),  # a depth cameras write, not 13
     ([0, 40000], 16, None),  # a full-range frame: nothing to say
     ([0, 900], 10, None),
 ])

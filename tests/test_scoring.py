@@ -146,6 +146,9 @@ def test_vote_scorer_round_trip_variant_thresholds_and_errors():
         VoteScorer(members, t)(x, y[..., :2])
     with pytest.raises(ValueError, match="unknown key"):
         scorer_from_dict({**d, "weights": [1, 2, 3]})
+    for bad_vote in (None, True, 2.5, [2]):
+        with pytest.raises(ValueError, match="scoring.vote must be an integer"):
+            scorer_from_dict({**d, "vote": bad_vote})
     # A damaged (or newer) manifest's members: one line naming the member, not a traceback.
     for bad, needle in (([*members[:2], {"kind": "knn"}], r"members\[2\] must be a reconstruction"),
                         ([*members[:2], "mse"], r"members\[2\] must be"),

@@ -443,9 +443,15 @@ def test_tensorflow_start_up_notices_are_dropped_and_other_stderr_kept(tmp_path)
     import subprocess
     import sys
 
-    from training.tfimport import NOISE, without_noise
+    from training.tfimport import CHILD, NOISE
 
-    assert without_noise("I0000 port.cc:153] oneDNN custom operations are on.\nreal trouble\n") == "real trouble\n"
+    # The filter drops the notices word for word and keeps everything else, including a fatal line
+    # from the same source file as a notice.
+    lines = [f"I0000 port.cc:153] {NOISE[1]} due to x\n", "F0000 cpu_feature_guard.cc:1] compiled to use AVX\n",
+             f"I0000 cpu_feature_guard.cc:227] {NOISE[2]}\n", "real trouble\n"]
+    out = subprocess.run([sys.executable, "-I", "-c", CHILD, *NOISE], input="".join(lines), capture_output=True,
+                         text=True).stdout
+    assert out == lines[1] + lines[3]
     noisy = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True, text=True).stderr
     if not any(n in noisy for n in NOISE):
         pytest.skip("this TensorFlow build prints no start-up notices here")
@@ -456,3 +462,26 @@ def test_tensorflow_start_up_notices_are_dropped_and_other_stderr_kept(tmp_path)
     assert not any(n in res.stderr for n in NOISE), res.stderr
     assert "use_unbounded_threadpool" not in res.stderr  # validation data that Keras's array adapter never sees
     assert "threshold (mu_k_sigma)" in res.stdout
+
+
+def test_a_fatal_tensorflow_import_still_shows_its_message(tmp_path):
+    # A CPU without the instructions TensorFlow was built for: one fatal line, then abort. The line
+    # must reach stderr even though the process dies inside the quiet import.
+    import os
+    import subprocess
+    import sys
+
+    from training.tfimport import NOISE
+
+    fake = tmp_path / "tensorflow"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "import os\n"
+        f"os.write(2, b'I0000 port.cc:153] {NOISE[1]}\\n')\n"
+        "os.write(2, b'F0000 cpu_feature_guard.cc:1] compiled to use AVX instructions, not available\\n')\n"
+        "os.abort()\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parent.parent)])}
+    res = subprocess.run([sys.executable, "-c", "from training.tfimport import install; install(); import tensorflow"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode != 0
+    assert "compiled to use AVX instructions" in res.stderr and NOISE[1] not in res.stderr

@@ -71,6 +71,14 @@ def test_vote_run_scores_as_its_members_agree_and_exports(members):
     assert r.exit_code == 0, r.output
     assert "at threshold 1: normals accepted" in r.output and (out / "report-int8" / "histogram.png").is_file()
 
+    damaged = root / "vote-damaged"
+    shutil.copytree(out, damaged)
+    info = json.loads((damaged / "run.json").read_text())
+    del info["calibration"]["members"]
+    (damaged / "run.json").write_text(json.dumps(info))
+    r = CliRunner().invoke(main, ["export", str(damaged), "--out", str(root / "b-damaged")])
+    assert r.exit_code == 2 and "calibration of a vote run is damaged" in r.output, r.output
+
 
 @pytest.mark.slow
 def test_vote_bundle_in_the_daemon_publishes_events_with_regions(members, mosquitto, tmp_path):
@@ -135,8 +143,17 @@ def test_vote_refuses_members_of_other_data_or_kind(members):
     info.update(family="metric", model="metric", metric={}, input_shape=[16, 16, 1])
     (metric / "run.json").write_text(json.dumps(info))
     (metric / "model.keras").write_bytes(b"not a keras model")
+    deeper, damaged = root / "deeper", root / "damaged"
+    for copy, change in ((deeper, lambda i: i["preprocess"].update(bit_depth=12)),
+                         (damaged, lambda i: i["calibration"].pop("threshold"))):
+        shutil.copytree(runs[1], copy)
+        info = json.loads((copy / "run.json").read_text())
+        change(info)
+        (copy / "run.json").write_text(json.dumps(info))
     for args, needle in (([runs[0], metric], "only autoencoder runs can vote (this one is metric)"),
-                         ([runs[0], runs[1], runs[0]], "is listed twice")):
+                         ([runs[0], runs[1], runs[0]], "is listed twice"),
+                         ([runs[0], deeper], "preprocess.bit_depth is 12 but"),
+                         ([runs[0], damaged], "calibration.threshold must be a number, got None")):
         r = CliRunner().invoke(main, ["vote", *map(str, args), "--out", str(root / "v-bad")])
         assert r.exit_code == 2 and needle in r.output, r.output
     assert not (root / "v-bad").exists()

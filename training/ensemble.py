@@ -55,11 +55,14 @@ def check_members(run_dirs: Sequence[Path]) -> List[Dict[str, Any]]:
         if info.get("family", "autoencoder") != "autoencoder" or kind != "reconstruction":
             what = info.get("model", info.get("family"))
             raise ValueError(f"{d}: only autoencoder runs can vote (this one is {what})")
-        try:  # the block as the code reads it, so a key older versions did not write compares equal
-            pre = Preprocess.from_dict(info["preprocess"]).to_dict()
+        try:  # every field as the code reads it, so a key older versions did not write compares equal
+            p = Preprocess.from_dict(info["preprocess"])
         except (TypeError, ValueError) as e:
             raise ValueError(f"{d}/run.json: preprocess: {e}") from None
-        shared.append({"preprocess": pre, "dataset": info["dataset"]})
+        threshold = info["calibration"].get("threshold")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+            raise ValueError(f"{d}/run.json: calibration.threshold must be a number, got {threshold!r}")
+        shared.append({"preprocess": {**p.to_dict(), "bit_depth": p.bit_depth}, "dataset": info["dataset"]})
     for d, blocks in zip(run_dirs[1:], shared[1:]):
         for block in SHARED:
             a, b = shared[0][block], blocks[block]
@@ -95,9 +98,15 @@ def export_parts(calibration: Dict[str, Any]) -> Dict[str, Any]:
     validation images, as a single model's variant is, so an int8 member's slightly larger errors
     move its threshold too; the vote's threshold stays 1.0.
     """
-    members = calibration["members"]
-    vote = int(calibration["params"]["vote"])
-    scorers = [ReconstructionScorer(**{k: v for k, v in m["scoring"].items() if k != "kind"}) for m in members]
+    try:
+        members = list(calibration["members"])
+        vote = int(calibration["params"]["vote"])
+        scorers = [ReconstructionScorer(**{k: v for k, v in m["scoring"].items() if k != "kind"}) for m in members]
+        for m in members:
+            float(m["calibration"]["threshold"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"run.json: calibration of a vote run is damaged ({type(e).__name__}: {e}); "
+                         "write it again with edge-train vote") from None
 
     def refit(x_val: np.ndarray, outputs: np.ndarray) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
         c = x_val.shape[-1]
@@ -122,8 +131,8 @@ def combine(run_dirs: Sequence[Path], out_dir: Path, vote: int = 0) -> Dict[str,
     if not 0 <= vote <= n:
         raise ValueError(f"--vote must be 1..{n} for {n} runs (0: all), got {vote}")
     vote = vote or n
-    runs = [load_run(Path(d)) for d in run_dirs]
     t0 = time.perf_counter()
+    runs = [load_run(Path(d)) for d in run_dirs]
     first = runs[0]
     splits = rebuild_run_splits(first.info, first.preprocess, with_train=False)
     members = [{"run": str(r.path.resolve()), "model": r.info.get("model"), "scoring": r.scorer.to_dict(),
@@ -152,7 +161,7 @@ def combine(run_dirs: Sequence[Path], out_dir: Path, vote: int = 0) -> Dict[str,
         "data_summary": first.info.get("data_summary") or splits.summary,
         "calibration": calibration,
         "metrics": metrics,
-        "timing_s": {"load_data": round(time.perf_counter() - t0, 2), "train": 0.0},
+        "timing_s": {"combine": round(time.perf_counter() - t0, 2)},  # load, score, save; nothing is trained
         "parameters": int(model.count_params()),
         "tools": tool_versions(),
     }

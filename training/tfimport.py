@@ -2,8 +2,10 @@
 
 TensorFlow 2.21 prints oneDNN and CPU-feature notices through absl before any logging is set up,
 so ``TF_CPP_MIN_LOG_LEVEL`` does not silence them (tensorflow/tensorflow#100442), and every
-``edge-train`` command would open with them. The import runs with fd 2 captured; the known
-notices are dropped and every other line is passed on, so a real error still shows.
+``edge-train`` command would open with them. During the import, fd 2 goes through a small child
+process (:data:`CHILD`) that drops exactly those notices and passes every other line on at once.
+A child, not a thread, so that a fatal message before an abort (a CPU without the instructions
+TensorFlow was built for) still reaches the terminal.
 :func:`install` makes the first ``import tensorflow`` (or ``import keras``) anywhere do this, so a
 command pays for TensorFlow only when it needs it.
 """
@@ -13,23 +15,29 @@ from __future__ import annotations
 import importlib.abc
 import importlib.util
 import os
+import subprocess
 import sys
-import tempfile
 from types import ModuleType
 from typing import Any, Optional
 
-# Substrings of the lines TensorFlow writes to stderr on every import on x86 CPUs.
+# The notices, word for word: a line that merely comes from the same source file is kept.
 NOISE = (
-    "All log messages before absl::InitializeLog() is called",
-    "oneDNN custom operations are on",
-    "cpu_feature_guard.cc",
-    "To enable the following instructions:",
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    "oneDNN custom operations are on. You may see slightly different numerical results",
+    "This TensorFlow binary is optimized to use available CPU instructions in performance-critical operations.",
+    "To enable the following instructions:",  # the second line of the notice above
 )
 
 
-def without_noise(text: str) -> str:
-    """``text`` without the lines that are TensorFlow's start-up notices."""
-    return "".join(ln for ln in text.splitlines(keepends=True) if not any(n in ln for n in NOISE))
+# The child: copies its stdin (the parent's fd 2) to its stdout (the parent's real stderr) line by
+# line as it comes, except lines containing any of its arguments. Self-contained, imports nothing.
+CHILD = """import sys
+noise = [a.encode() for a in sys.argv[1:]]
+for raw in iter(sys.stdin.buffer.readline, b""):
+    if not any(n in raw for n in noise):
+        sys.stdout.buffer.write(raw)
+        sys.stdout.buffer.flush()
+"""
 
 
 def import_tensorflow() -> ModuleType:
@@ -38,16 +46,23 @@ def import_tensorflow() -> ModuleType:
         return sys.modules["tensorflow"]
     sys.stderr.flush()
     saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            import tensorflow
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            sys.stderr.write(without_noise(tmp.read().decode(errors="replace")))
-            sys.stderr.flush()
+    try:
+        child = subprocess.Popen([sys.executable, "-I", "-c", CHILD, *NOISE], stdin=subprocess.PIPE,
+                                 stdout=saved, stderr=saved)
+    except OSError:  # no interpreter to start: import with the notices rather than not at all
+        os.close(saved)
+        import tensorflow
+
+        return tensorflow
+    os.dup2(child.stdin.fileno(), 2)
+    try:
+        import tensorflow
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        child.stdin.close()  # end of input: the child passes on what is left and exits
+        child.wait()
     return tensorflow
 
 
@@ -87,3 +102,4 @@ def install() -> None:
 
 def uninstall() -> None:
     sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _QuietFinder)]
+

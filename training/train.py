@@ -140,12 +140,14 @@ def predict(model: Any, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
         except ImportError:
             pass
     out = []
-    for i in range(0, len(x), batch_size):
-        out.append(np.asarray(model(x[i : i + batch_size], training=False)))
+    try:
+        for i in range(0, len(x), batch_size):
+            out.append(np.asarray(model(x[i : i + batch_size], training=False)))
+            if bar is not None:
+                bar.update(len(out[-1]))
+    finally:
         if bar is not None:
-            bar.update(len(out[-1]))
-    if bar is not None:
-        bar.close()
+            bar.close()
     return np.concatenate(out)
 
 
@@ -455,7 +457,10 @@ def evaluate_run(
         where = f"run {run_dir} (Keras float32)"
     metrics = evaluate_scores(splits, scores, maps, threshold)
     metrics["evaluated"] = where
-    metrics["dataset"] = {k: os.path.realpath(spec[k]) if spec.get(k) else None for k in ("path", "anomalies")}
+    # What the data was, so that another folder of the same name gets another report folder.
+    metrics["dataset"] = {**{k: spec.get(k) for k in ("layout", "normal_classes", "seed", "val_fraction",
+                                                      "test_fraction")},
+                          **{k: os.path.realpath(spec[k]) if spec.get(k) else None for k in ("path", "anomalies")}}
     metrics["data"] = splits.summary["counts"]
     metrics["skipped_files"] = splits.summary["skipped_files"]
     metrics["scores"] = {"test": [float(s) for s in scores], "labels": splits.y_test.tolist(),
