@@ -367,13 +367,15 @@ def summary(info: Dict[str, Any], out_dir: Path) -> str:
         f"{d.get('test_anomalous', 0)} test anomalous, {d.get('skipped', 0)} skipped"
         + (f" (+ {aux['skipped']} in --aux)" if (aux := info.get("data_summary", {}).get("aux") or {}).get("skipped")
            else ""),
-        f"threshold ({cal['method']}): {cal['threshold']:.6g}   normal median {cal['normal_stats']['median']:.6g}",
-        f"time: data {t.get('load_data', 0):.1f} s, training {t.get('train', 0):.1f} s",
     ]
     if info.get("model") == "vote":
         p = info["model_params"]
-        lines[3:5] = [f"vote: anomalous when {p['vote']} of {len(p['members'])} members reject "
-                      f"({', '.join(map(str, p['members']))}), each at its own threshold; the vote's threshold is 1"]
+        lines.append(f"vote: anomalous when {p['vote']} of {len(p['members'])} members reject "
+                     f"({', '.join(map(str, p['members']))}), each at its own threshold; the vote's threshold is 1")
+    else:
+        lines += [f"threshold ({cal['method']}): {cal['threshold']:.6g}   "
+                  f"normal median {cal['normal_stats']['median']:.6g}",
+                  f"time: data {t.get('load_data', 0):.1f} s, training {t.get('train', 0):.1f} s"]
     if info.get("metrics"):
         lines.append(_metrics_lines(info["metrics"]))
     lines.append(f"report: {out_dir / 'report'}   next: edge-train export {out_dir} --out BUNDLE")

@@ -540,15 +540,19 @@ def _binary_mask(it: Item) -> Image.Image:
     return Image.fromarray(a.astype(np.uint8) * 255)
 
 
-def _progress(items: Sequence[Any], desc: str):
-    if len(items) < 500 or not desc:
-        return items
+def tqdm_class() -> Any:
+    """tqdm's progress bar class, or None where tqdm is not installed (bars are a nicety)."""
     try:
         from tqdm import tqdm
 
-        return tqdm(items, desc=desc, unit="img", leave=False)
+        return tqdm
     except ImportError:
-        return items
+        return None
+
+
+def _progress(items: Sequence[Any], desc: str):
+    bar = tqdm_class() if len(items) >= 500 and desc else None
+    return bar(items, desc=desc, unit="img", leave=False) if bar else items
 
 
 def content_hash(items: Sequence[Item]) -> str:

@@ -131,14 +131,10 @@ def predict(model: Any, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
     From 2,000 images on, a progress bar (images) on stderr while it runs."""
     if len(x) == 0:
         return np.empty_like(x)
-    bar = None
-    if len(x) >= 2000:
-        try:
-            from tqdm import tqdm
+    from .data import tqdm_class
 
-            bar = tqdm(total=len(x), desc="model", unit="img", leave=False)
-        except ImportError:
-            pass
+    tqdm = tqdm_class() if len(x) >= 2000 else None
+    bar = tqdm(total=len(x), desc="model", unit="img", leave=False) if tqdm else None
     out = []
     try:
         for i in range(0, len(x), batch_size):
@@ -457,10 +453,7 @@ def evaluate_run(
         where = f"run {run_dir} (Keras float32)"
     metrics = evaluate_scores(splits, scores, maps, threshold)
     metrics["evaluated"] = where
-    # What the data was, so that another folder of the same name gets another report folder.
-    metrics["dataset"] = {**{k: spec.get(k) for k in ("layout", "normal_classes", "seed", "val_fraction",
-                                                      "test_fraction")},
-                          **{k: os.path.realpath(spec[k]) if spec.get(k) else None for k in ("path", "anomalies")}}
+    metrics["dataset"] = dict(spec)  # what the data was: another folder of the same name gets another report
     metrics["data"] = splits.summary["counts"]
     metrics["skipped_files"] = splits.summary["skipped_files"]
     metrics["scores"] = {"test": [float(s) for s in scores], "labels": splits.y_test.tolist(),
