@@ -374,12 +374,16 @@ def rss_mb() -> Optional[float]:
 
 def snapshot_jpeg(data: Any, quality: int = 85, bit_depth: int = 16) -> Optional[bytes]:
     """The frame as JPEG: a JPEG file as it came (no re-encode), anything else encoded once
-    (16-bit frames reduced to 8 bits as the model input is: ``bit_depth`` significant bits)."""
+    (16-bit frames reduced to 8 bits as the model input is: ``bit_depth`` significant bits).
+
+    A JPEG whose EXIF turns it (orientation tag != 1) is re-encoded without EXIF: the model and
+    the event's regions see the stored pixel grid, and a viewer that obeys the tag would show
+    the picture rotated away from its region boxes."""
     from PIL import Image
 
     from .preprocess import eight_bit
 
-    if isinstance(data, (bytes, bytearray)) and data[:2] == b"\xff\xd8":
+    if isinstance(data, (bytes, bytearray)) and data[:2] == b"\xff\xd8" and not _exif_turned(data):
         return bytes(data)
     try:
         if isinstance(data, np.ndarray):
@@ -395,6 +399,20 @@ def snapshot_jpeg(data: Any, quality: int = 85, bit_depth: int = 16) -> Optional
         return buf.getvalue()
     except Exception:  # the frame scored fine; a snapshot that can't be made is only left out
         return None
+
+
+def _exif_turned(jpeg: bytes) -> bool:
+    """Whether a JPEG's EXIF orientation asks viewers to rotate or mirror it (header only, no decode)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(bytes(jpeg))) as img:
+            return img.getexif().get(_EXIF_ORIENTATION, 1) != 1
+    except Exception:  # unreadable header: pass the bytes through as before
+        return False
+
+
+_EXIF_ORIENTATION = 0x0112
 
 
 # -- the daemon ---------------------------------------------------------------------------------

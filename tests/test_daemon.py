@@ -487,3 +487,19 @@ def test_snapshot_of_a_16_bit_frame_is_reduced_like_the_model_input():
     snap = Image.open(io.BytesIO(snapshot_jpeg(buf.getvalue(), bit_depth=12)))
     # Pillow's own 16-bit conversion clips at 255 (a white picture); ours keeps the top 8 of 12 bits.
     assert snap.mode == "L" and np.asarray(snap)[4, 4::8] == pytest.approx([0, 64, 128, 255], abs=3)
+
+
+def test_snapshot_of_a_jpeg_that_exif_turns_is_re_encoded_in_the_stored_pixel_grid():
+    from edge_detect.daemon import snapshot_jpeg
+
+    frame = np.zeros((20, 40), np.uint8)
+    frame[:, :10] = 255  # a white band on the left of the stored grid, where the regions are
+    plain, turned = io.BytesIO(), io.BytesIO()
+    Image.fromarray(frame).save(plain, "JPEG")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view"
+    Image.fromarray(frame).save(turned, "JPEG", exif=exif.tobytes())
+    assert snapshot_jpeg(plain.getvalue()) == plain.getvalue()  # no tag: passed through untouched
+    snap = Image.open(io.BytesIO(snapshot_jpeg(turned.getvalue())))
+    assert snap.getexif().get(0x0112, 1) == 1 and snap.size == (40, 20)
+    assert np.asarray(snap)[10, :10].min() > 200 and np.asarray(snap)[10, 20:].max() < 50
