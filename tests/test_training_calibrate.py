@@ -39,7 +39,8 @@ def test_normal_stats_drive_the_device_normalisation():
     st = c["normal_stats"]
     assert st == {"n": 5, "mean": pytest.approx(4.0), "std": pytest.approx(np.std(s, ddof=1)), "median": 3.0,
                   "p95": pytest.approx(np.quantile(s, 0.95)), "p99": pytest.approx(np.quantile(s, 0.99)),
-                  "max": 10.0}
+                  "max": 10.0, "skew": pytest.approx(1.13, abs=0.01)}
+    assert c["accepted"] == 0.8  # 10.0 lies above the 0.75 quantile, 5.5
     # On the device, the median normal maps to 0 and the threshold to 1.
     assert normalise(st["median"], c["threshold"], st["median"]) == pytest.approx(0.0)
     assert normalise(c["threshold"], c["threshold"], st["median"]) == pytest.approx(1.0)
@@ -75,3 +76,19 @@ def test_pixel_auroc_known_map():
     assert M.pixel_auroc(maps, masks) == pytest.approx(1.0)
     assert M.pixel_auroc(1.0 - maps, masks) == pytest.approx(0.0)
     assert M.pixel_auroc(maps, np.zeros_like(masks)) is None
+
+
+def test_tail_note_when_mu_3_sigma_rejects_more_than_gaussian_scores_would():
+    rng = np.random.default_rng(0)
+    gaussian = cal.calibrate(rng.normal(10.0, 1.0, 2000), "mu_k_sigma")
+    assert gaussian["accepted"] > 0.995 and cal.tail_note(gaussian) is None
+    # Log-normal with sigma 1: mu+3 sigma keeps ~98.3 %, as reconstruction errors do (docs/BENCHMARKS.md, MNIST).
+    skewed = cal.calibrate(rng.lognormal(0.0, 1.0, 2000), "mu_k_sigma")
+    lost = round((1 - skewed["accepted"]) * 2000)
+    assert 0.97 < skewed["accepted"] < 0.99 and skewed["normal_stats"]["skew"] > 3
+    note = cal.tail_note(skewed)
+    assert note.startswith("note: mean + 3 std rejects ") and f"({lost} of 2000)" in note
+    assert "Gaussian scores would lose 0.13%" in note and note.endswith("--calibration far --far RATE")
+    # Other rules set their rate themselves; two stray normals are not a tail.
+    assert cal.tail_note(cal.calibrate(rng.lognormal(0.0, 1.0, 2000), "quantile", q=0.99)) is None
+    assert cal.tail_note(cal.calibrate(np.array([1.0] * 98 + [50.0, 60.0]), "mu_k_sigma")) is None

@@ -70,6 +70,9 @@ def test_fit_writes_run_dir_and_report(run):
         with Image.open(rep / name) as im:
             im.load()
     assert "threshold (mu_k_sigma)" in text and "image AUROC" in text
+    kept = info["calibration"]["accepted"]
+    n = info["data_summary"]["counts"]["val"]
+    assert f"keeps {kept:.2%} of the {n} validation normals" in text
 
 
 def test_same_seed_same_threshold(data, run, tmp_path):
@@ -485,3 +488,15 @@ def test_a_fatal_tensorflow_import_still_shows_its_message(tmp_path):
                          capture_output=True, text=True, env=env, timeout=60)
     assert res.returncode != 0
     assert "compiled to use AVX instructions" in res.stderr and NOISE[1] not in res.stderr
+
+
+def test_summary_warns_when_mu_3_sigma_keeps_fewer_normals_than_it_promises(run):
+    from training import calibrate as cal
+    from training.cli import summary
+
+    out, _ = run
+    info = json.loads((out / "run.json").read_text())
+    info["calibration"] = cal.calibrate(np.random.default_rng(1).lognormal(0.0, 1.0, 674), "mu_k_sigma")
+    text = summary(info, out)
+    assert f"keeps {info['calibration']['accepted']:.2%} of the 674 validation normals" in text
+    assert text.count("note: mean + 3 std rejects") == 1

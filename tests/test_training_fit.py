@@ -34,7 +34,7 @@ def test_cli_fit_writes_run_dir_and_evaluate_reads_it(mvtec_dir, tmp_path):
     assert info["dataset"]["layout"] == "mvtec" and info["dataset"]["seed"] == 1
     cal = info["calibration"]
     assert cal["method"] == "mu_k_sigma" and cal["threshold"] == cal["thresholds"]["mu_k_sigma"]
-    assert set(cal["normal_stats"]) == {"n", "mean", "std", "median", "p95", "p99", "max"}
+    assert set(cal["normal_stats"]) == {"n", "mean", "std", "median", "p95", "p99", "max", "skew"}
     assert cal["normal_stats"]["n"] == 4
     assert info["data_summary"]["counts"]["skipped"] == 2
     assert len(info["history"]["loss"]) == 2 and info["timing_s"]["train"] > 0 and info["tools"]["keras"]

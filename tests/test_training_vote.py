@@ -41,6 +41,7 @@ def test_vote_run_scores_as_its_members_agree_and_exports(members):
     r = CliRunner().invoke(main, ["vote", *map(str, runs), "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "vote: anomalous when 2 of 2 members reject (plain, superres)" in r.output and "image AUROC" in r.output
+    assert "validation normals" in r.output
     info = json.loads((out / "run.json").read_text())
     assert info["model"] == "vote" and info["calibration"]["threshold"] == 1.0
     assert [m["model"] for m in info["calibration"]["members"]] == ["plain", "superres"]

@@ -11,6 +11,7 @@ Modes:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -30,7 +31,39 @@ def normal_stats(scores: np.ndarray) -> Dict[str, float]:
         "p95": float(np.quantile(s, 0.95)),
         "p99": float(np.quantile(s, 0.99)),
         "max": float(s.max()),
+        "skew": _skew(s),
     }
+
+
+def _skew(s: np.ndarray) -> float:
+    """Sample skewness (0 for a symmetric distribution; reconstruction errors run 3-10)."""
+    sd = s.std()
+    return float(((s - s.mean()) ** 3).mean() / sd**3) if sd > 0 else 0.0
+
+
+def accepted(normal: np.ndarray, threshold: float) -> float:
+    """Fraction of ``normal`` scores at or below ``threshold`` (a score above it is anomalous)."""
+    return float(np.mean(np.asarray(normal, np.float64) <= threshold))
+
+
+def tail_note(calibration: Dict[str, Any]) -> Optional[str]:
+    """One line when mean + k*std rejects many more validation normals than Gaussian scores would.
+
+    Reconstruction errors are right-skewed, so mu+3 sigma, which keeps 99.87 % of Gaussian scores,
+    keeps 98-99 % of them (docs/BENCHMARKS.md, MNIST): that is the false-alarm rate to expect.
+    """
+    if calibration.get("method") != "mu_k_sigma" or "accepted" not in calibration:
+        return None
+    k = float(calibration.get("params", {}).get("k", 3.0))
+    n = int(calibration.get("normal_stats", {}).get("n", 0))
+    lost, gaussian = 1.0 - calibration["accepted"], 0.5 * math.erfc(k / math.sqrt(2))
+    if round(lost * n) < 3 or lost <= 2 * gaussian:
+        return None
+    skew = calibration["normal_stats"].get("skew")
+    skewed = f"; the scores are skewed (skew {skew:.1f})" if skew else ""
+    return (f"note: mean + {k:g} std rejects {lost:.2%} of the validation normals ({round(lost * n)} of {n}), where "
+            f"Gaussian scores would lose {gaussian:.2%}{skewed}. Expect about {lost:.1%} false alarms, "
+            "or set the rate: --calibration far --far RATE")
 
 
 def best_f1(normal: np.ndarray, anomalous: np.ndarray) -> Dict[str, float]:
@@ -89,6 +122,7 @@ def calibrate(
         "threshold": all_t[method],
         "thresholds": all_t,
         "normal_stats": normal_stats(normal),
+        "accepted": accepted(normal, all_t[method]),
     }
 
 

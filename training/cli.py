@@ -16,7 +16,7 @@ from edge_detect import __version__
 from edge_detect.errors import Group, UserError
 from edge_detect.oneline import os_error
 
-from .calibrate import MODES
+from .calibrate import MODES, tail_note
 from .data import LAYOUTS, DataError, dataset_spec
 
 # Mirrors of training.models.FAMILIES / LOSSES (a test keeps them equal): importing models loads
@@ -368,14 +368,19 @@ def summary(info: Dict[str, Any], out_dir: Path) -> str:
         + (f" (+ {aux['skipped']} in --aux)" if (aux := info.get("data_summary", {}).get("aux") or {}).get("skipped")
            else ""),
     ]
+    kept = (f"   keeps {cal['accepted']:.2%} of the {cal['normal_stats']['n']} validation normals"
+            if "accepted" in cal else "")
     if info.get("model") == "vote":
         p = info["model_params"]
         lines.append(f"vote: anomalous when {p['vote']} of {len(p['members'])} members reject "
-                     f"({', '.join(map(str, p['members']))}), each at its own threshold; the vote's threshold is 1")
+                     f"({', '.join(map(str, p['members']))}), each at its own threshold; the vote's threshold is 1"
+                     + kept)
     else:
         lines += [f"threshold ({cal['method']}): {cal['threshold']:.6g}   "
-                  f"normal median {cal['normal_stats']['median']:.6g}",
+                  f"normal median {cal['normal_stats']['median']:.6g}" + kept,
                   f"time: data {t.get('load_data', 0):.1f} s, training {t.get('train', 0):.1f} s"]
+    if note := tail_note(cal):
+        lines.append(note)
     if info.get("metrics"):
         lines.append(_metrics_lines(info["metrics"]))
     lines.append(f"report: {out_dir / 'report'}   next: edge-train export {out_dir} --out BUNDLE")

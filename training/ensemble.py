@@ -88,7 +88,7 @@ def vote_model(models: Sequence[Any]) -> Any:
 def vote_calibration(val_scores: np.ndarray, vote: int, members: List[Dict[str, Any]]) -> Dict[str, Any]:
     """The calibration block: the threshold is 1.0 by construction (each member's own threshold)."""
     return {"method": "vote", "params": {"vote": vote}, "threshold": 1.0, "thresholds": {"vote": 1.0},
-            "normal_stats": cal.normal_stats(val_scores), "members": members}
+            "normal_stats": cal.normal_stats(val_scores), "accepted": cal.accepted(val_scores, 1.0), "members": members}
 
 
 def export_parts(calibration: Dict[str, Any]) -> Dict[str, Any]:

@@ -25,6 +25,7 @@ import numpy as np
 
 from edge_detect.neighbors import contamination_threshold, fit_scorer
 
+from . import calibrate as cal
 from .metric_models import BACKBONES, build_model, embedder_of
 
 log = logging.getLogger(__name__)
@@ -179,7 +180,8 @@ def calibration_from_reference(ref_scores: np.ndarray, contamination: float,
             "threshold": val_thr if has_val else ref_thr,
             "thresholds": {"contamination_validation": val_thr, "contamination_reference": ref_thr},
             "normal_stats": {"n": int(len(s)), "mean": float(s.mean()), "std": float(s.std()),
-                             "median": float(np.median(s)), "min": float(s.min()), "max": float(s.max())}}
+                             "median": float(np.median(s)), "min": float(s.min()), "max": float(s.max())},
+            **({"accepted": cal.accepted(s, val_thr)} if has_val else {})}
 
 
 def save_reference(run_dir: Path, emb: np.ndarray, labels: Optional[np.ndarray]) -> None:
@@ -233,7 +235,6 @@ def export_parts(run_dir: Path, classifier: Any, cfg: MetricConfig, input_shape:
         if run_cal.get("method", "contamination") == "contamination":
             rs = ref_scores if reference_scores is None else reference_scores
             return calibration_from_reference(rs, cfg.contamination, v)
-        from . import calibrate as cal
 
         return cal.recalibrate(run_cal, v)
 
@@ -336,7 +337,6 @@ def fit_run(spec: Dict[str, Any], fit_cfg: Any, cfg: MetricConfig, out_dir: Path
     The calibration is ``contamination`` unless the user chose a mode on purpose
     (``fit_cfg.calibration_explicit``), see ``_calibration_mode``.
     """
-    from . import calibrate as cal
     from .data import rebuild_splits
     from .report import write_report
     from .train import calibration_anomaly_scores, evaluate_scores, tool_versions, write_run_json
