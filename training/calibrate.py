@@ -62,8 +62,8 @@ def tail_note(calibration: Dict[str, Any]) -> Optional[str]:
     skew = calibration["normal_stats"].get("skew")
     skewed = f"; the scores are skewed (skew {skew:.1f})" if skew else ""
     return (f"note: mean + {k:g} std rejects {lost:.2%} of the validation normals ({round(lost * n)} of {n}), where "
-            f"Gaussian scores would lose {gaussian:.2%}{skewed}. Expect about {lost:.1%} false alarms, "
-            "or set the rate: --calibration far --far RATE")
+            f"Gaussian scores would lose {gaussian:.2%}{skewed}. Expect false alarms at about that rate, "
+            "or choose one: --calibration far --far RATE")
 
 
 def best_f1(normal: np.ndarray, anomalous: np.ndarray) -> Dict[str, float]:
