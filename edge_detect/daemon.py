@@ -27,7 +27,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -401,18 +401,18 @@ def snapshot_jpeg(data: Any, quality: int = 85, bit_depth: int = 16) -> Optional
         return None
 
 
-def _exif_turned(jpeg: bytes) -> bool:
+_EXIF_ORIENTATION = 0x0112
+
+
+def _exif_turned(jpeg: Union[bytes, bytearray]) -> bool:
     """Whether a JPEG's EXIF orientation asks viewers to rotate or mirror it (header only, no decode)."""
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(bytes(jpeg))) as img:
+        with Image.open(io.BytesIO(jpeg)) as img:
             return img.getexif().get(_EXIF_ORIENTATION, 1) != 1
     except Exception:  # unreadable header: pass the bytes through as before
         return False
-
-
-_EXIF_ORIENTATION = 0x0112
 
 
 # -- the daemon ---------------------------------------------------------------------------------
