@@ -44,6 +44,10 @@ class ImageError(ValueError):
     """An input that cannot become a model input: unreadable, truncated, a bomb, or an odd mode."""
 
 
+class RoiError(ImageError):
+    """The crop does not fit the image: a setting to fix rather than a bad file."""
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """How a raw image becomes a model input tensor (H, W, C) float32.
@@ -129,7 +133,7 @@ class Preprocess:
         if self.roi:
             x, y, rw, rh = self.roi
             if x + rw > w0 or y + rh > h0:
-                raise ImageError(f"roi {self.roi} lies outside the {w0}x{h0} px image")
+                raise RoiError(f"roi {self.roi} lies outside the {w0}x{h0} px image")
         if self.draft and img.format == "JPEG":
             # draft() picks the smallest DCT scale that still covers the requested size.
             rw, rh = (self.roi[2], self.roi[3]) if self.roi else (w0, h0)

@@ -175,17 +175,20 @@ def test_error_empty_dataset(tmp_path):
     (tmp_path / "empty").mkdir()
     line = _one_line_error(CliRunner().invoke(main, ["fit", str(tmp_path / "empty"), "--out", str(tmp_path / "r"),
                                                      *TINY]))
-    assert "no training images" in line
+    assert "no training images" in line and not (tmp_path / "r").exists()
 
 
 def test_error_bad_roi(data, tmp_path):
     ok, _ = data
     assert "--roi" in _one_line_error(CliRunner().invoke(main, ["fit", str(ok), "--out", str(tmp_path / "r"),
                                                                 "--roi", "1,2,3"]))
-    # An ROI outside every image: each file is skipped, so no training image is left.
-    line = _one_line_error(CliRunner().invoke(main, ["fit", str(ok), "--out", str(tmp_path / "r"),
-                                                     "--roi", "0,0,500,500", *TINY]))
-    assert "roi" in line
+    # An ROI outside every image is a wrong setting: one error after the first 10 misses, not a
+    # warning for every file; and the run directory is not left behind empty.
+    res = CliRunner().invoke(main, ["fit", str(ok), "--out", str(tmp_path / "r"), "--roi", "0,0,500,500", *TINY])
+    line = _one_line_error(res)
+    assert line.startswith("error: --roi: roi (0, 0, 500, 500) lies outside the 24x24 px image (")
+    assert line.endswith("and in the 9 train images before it: check the crop against the image size")
+    assert not (tmp_path / "r").exists()
 
 
 def test_error_even_smooth(data, tmp_path):

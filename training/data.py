@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from edge_detect.oneline import printable
-from edge_detect.preprocess import ImageError, Preprocess
+from edge_detect.preprocess import ImageError, Preprocess, RoiError
 
 log = logging.getLogger(__name__)
 
@@ -467,6 +467,7 @@ def load_items(items: Sequence[Item], pre: Preprocess, desc: str = "") -> Tuple[
     out = np.empty((len(items), *pre.shape), np.float32)
     kept: List[int] = []
     skipped: List[str] = []
+    roi_misses = 0
     for i, it in enumerate(_progress(items, desc)):
         if not _image_item(it):
             why = _unlistable.get(it.source) or (
@@ -475,11 +476,23 @@ def load_items(items: Sequence[Item], pre: Preprocess, desc: str = "") -> Tuple[
             continue
         try:
             out[len(kept)] = pre(_pixels(it))
+        except RoiError as e:
+            roi_misses += 1
+            if not kept and roi_misses >= ROI_MISSES:
+                # A crop that fits none of the first images is a wrong --roi, not a folder of bad files.
+                split = f"{desc} " if desc else ""
+                raise DataError(printable(f"--roi: {e} ({it.source}), and in the {roi_misses - 1} {split}images "
+                                          "before it: check the crop against the image size")) from None
+            _skip(skipped, it.source, str(e))
+            continue
         except ImageError as e:
             _skip(skipped, it.source, str(e))
             continue
         kept.append(i)
     return out[: len(kept)], kept, skipped
+
+
+ROI_MISSES = 10  # images a split's crop misses before it keeps one: then the --roi is wrong
 
 
 _skip_reasons: Dict[str, str] = {}  # file -> why it was skipped, for the one-line error

@@ -180,7 +180,6 @@ def fit(spec: Dict[str, Any], cfg: FitConfig, out_dir: Path, verbose: int = 1,
     from .pipeline import in_order_batches, shuffled_batches
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
     # Same seed, same threshold: deterministic kernels cost little on CPU.
     tf.config.experimental.enable_op_determinism()
@@ -192,6 +191,7 @@ def fit(spec: Dict[str, Any], cfg: FitConfig, out_dir: Path, verbose: int = 1,
         # Fail before training, not after: best-F1 needs labelled anomalies held out for calibration.
         raise ValueError("best_f1 calibration needs labelled anomalies (--anomalies, or a layout with defects, "
                          "and --calib-anomaly-fraction > 0)")
+    out_dir.mkdir(parents=True, exist_ok=True)  # only now: a data error leaves no empty run directory
 
     params = {**cfg.model_params}
     model = build_model(cfg.family, pre.shape, **params)
