@@ -6,6 +6,7 @@ all score through this class, so their numbers agree by construction.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from .oneline import first_line
 from .preprocess import ImageSource, Preprocess
 from .runtime import AcceleratorRequired, TensorSpec, TFLiteModel
 from .scoring import normalise
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -76,6 +79,14 @@ def _load_model(
         raise BundleError(f"{path}: variants.{variant} is not a loadable TFLite model ({first})") from None
 
 
+def _parity_failures(bundle: Bundle, variant: str) -> List[str]:
+    """What failed export's parity gate for ``variant`` (a bundle written with --allow-degraded)."""
+    # The Edge TPU runs int8_io's graph, so int8_io's check stands for it.
+    v = "int8_io" if variant == "int8_edgetpu" else variant
+    parity = (bundle.variants.get(v) or {}).get("parity") or {}
+    return [str(f) for f in parity.get("failures") or []]
+
+
 class Detector:
     """A bundle ready to score images.
 
@@ -110,6 +121,9 @@ class Detector:
             self.model = _load_model(self.bundle.model_path(self.variant), self.variant, num_threads, None, False)
             self.model.fallback = reason
         check_tensors(self.model, self.variant, self.bundle.variants[self.variant], str(self.bundle.path))
+        if failed := _parity_failures(self.bundle, self.variant):
+            log.warning("%s: variant %s failed the export parity gate (%s): its decisions may differ from float32's",
+                        self.bundle.path, self.variant, failed[0])
         self.preprocess: Preprocess = self.bundle.preprocess
         if roi is not None:
             self.preprocess = self.preprocess.with_roi(roi)

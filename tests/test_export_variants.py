@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 from pathlib import Path
@@ -146,7 +147,7 @@ def test_broken_quantisation_fails_parity_and_writes_nothing(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == []  # no staging leftovers either
 
 
-def test_allow_degraded_turns_the_failure_into_a_warning(tmp_path):
+def test_allow_degraded_turns_the_failure_into_a_warning(tmp_path, caplog):
     _, data, _, _ = tx.trained()
     res, _, _ = tx.export(tmp_path / "degraded", quant="int8", representative=data.x_train * 0.05,
                           allow_degraded=True)
@@ -156,6 +157,14 @@ def test_allow_degraded_turns_the_failure_into_a_warning(tmp_path):
     assert any(w.startswith("degraded: int8 loses") for w in m["export"]["warnings"])
     assert m["variants"]["int8"]["parity"]["passed"] is False
     assert res.failures
+    # A device with no --variant runs the reference, and is told so when it runs int8 on request.
+    assert m["default_variant"] == "float32"
+    assert any(w.startswith("the default variant is float32, because int8 failed the parity gate")
+               for w in m["export"]["warnings"])
+    assert Detector(res.bundle.path).variant == "float32"
+    with caplog.at_level(logging.WARNING, logger="edge_detect.detector"):
+        Detector(res.bundle.path, variant="int8")
+    assert "variant int8 failed the export parity gate (int8 loses" in caplog.text
 
 
 def test_parity_gate_fails_on_float_ops():

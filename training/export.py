@@ -664,6 +664,12 @@ def export_bundle(
         if failures and not allow_degraded:
             raise ParityError("; ".join(failures) + " (--allow-degraded writes the bundle anyway)")
         warnings += [f"degraded: {f}" for f in failures]
+        default = manifest["default_variant"]
+        if variants[default].get("parity", {}).get("failures"):
+            # A device without a --variant or an accelerator runs the default: keep the reference there.
+            manifest["default_variant"] = "float32"
+            warnings.append(f"the default variant is float32, because {default} failed the parity gate; a device "
+                            f"runs {default} only when asked (score --variant {default}, or model.variant)")
         manifest["export"] = {
             "quant": quant,
             "variants": list(variants),
