@@ -132,3 +132,19 @@ def test_rep_synthetic_reaches_the_export(run_dir, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     assert seen["rep_synthetic"] == 0.25
     assert invoke(run_dir, "--out", tmp_path / "c", "--rep-synthetic", "2").exit_code == 2
+
+
+def test_out_folder_with_other_files_is_refused_and_a_bundle_is_replaced_with_a_notice(run_dir, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "part.jpg").write_bytes(b"keep me")
+    r = invoke(run_dir, "--out", photos, "--quant", "float32")
+    assert r.exit_code == 2 and "holds other files and no manifest.json" in r.output, r.output
+    assert (photos / "part.jpg").read_bytes() == b"keep me"  # the export would have replaced the folder
+
+    out = tmp_path / "bundle"
+    assert invoke(run_dir, "--out", out, "--quant", "float32", "--archive").exit_code == 0
+    r = invoke(run_dir, "--out", out, "--quant", "float32", "--version", "2")
+    assert r.exit_code == 0, r.output
+    assert f"replaced bundle run-7 1 in {out}" in r.output
+    assert f"warning: {out}.tar.gz was not rewritten (no --archive): it holds an earlier export" in r.output

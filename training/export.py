@@ -16,6 +16,7 @@ scored through :class:`edge_detect.detector.Detector`, i.e. the device's own cod
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import re
@@ -522,6 +523,28 @@ def variant_references(
     return arrays, ref_scores
 
 
+def replaced_bundle(out: Path) -> Optional[str]:
+    """"NAME VERSION" of the bundle that ``out`` holds, None if ``out`` is new or empty.
+
+    Raises ExportError if ``out`` holds anything else: the export replaces the whole folder.
+    """
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise ExportError(f"--out {out} is a file, not a bundle folder")
+    manifest = out / "manifest.json"
+    if manifest.is_file():
+        try:
+            m = json.loads(manifest.read_text())
+            return f"bundle {m.get('name')} {m.get('version')}"
+        except (OSError, ValueError, AttributeError):
+            return "a damaged bundle"
+    if any(out.iterdir()):
+        raise ExportError(f"--out {out} holds other files and no manifest.json: the export replaces the whole "
+                          "folder, so choose a new or empty one")
+    return None
+
+
 def export_bundle(
     spec: ExportSpec,
     data: DataSplits,
@@ -548,6 +571,7 @@ def export_bundle(
     if len(data.x_val) == 0:
         raise ExportError("no validation images: the export recalibrates each variant on them")
     out = Path(out)
+    earlier = replaced_bundle(out)
     wanted = QUANT_VARIANTS[quant]
     warnings: List[str] = []
     fixed = fixed_batch_model(spec.model, spec.rebuild)
@@ -687,10 +711,15 @@ def export_bundle(
         bundle = write_bundle(out, manifest, {p.name: p for p in files.values()}, arrays)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    arch = None
+    if earlier:
+        echo(f"replaced {earlier} in {out}")
+    arch, stale = None, out.with_name(out.name + ".tar.gz")
     if archive:
-        arch = pack(out, out.with_name(out.name + ".tar.gz"))
+        arch = pack(out, stale)
         echo(f"archive: {arch}")
+    elif stale.exists():
+        warnings.append(f"{stale} was not rewritten (no --archive): it holds an earlier export; delete it, "
+                        "or export again with --archive")
     for w in warnings:
         echo(f"warning: {w}")
     return ExportResult(bundle=bundle, archive=arch, failures=failures, warnings=warnings)
