@@ -187,8 +187,12 @@ def test_evaluate_metric_run_through_its_bundle(trained):
     res = CliRunner().invoke(train_main, ["evaluate", run, "--bundle", bundle, "--variant", "int8", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output.strip().splitlines()[-1])["auroc"] > 0.8
-    res = CliRunner().invoke(train_main, ["evaluate", run])
-    assert res.exit_code == 2 and "--bundle" in res.output and "Traceback" not in res.output
+    # Without the bundle: the Keras embedder against the run's reference set, as fit scored it.
+    res = CliRunner().invoke(train_main, ["evaluate", run, "--json"])
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.output.strip().splitlines()[-1])
+    assert m["auroc"] == pytest.approx(trained["info"]["metrics"]["auroc"], abs=1e-9)
+    assert m["tnr"] == pytest.approx(trained["info"]["metrics"]["tnr"]) and m["evaluated"].endswith("(Keras float32)")
 
 
 def test_edge_detect_score_flags_odd_images_and_classifies(trained, tmp_path):

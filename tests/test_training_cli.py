@@ -299,6 +299,7 @@ def test_evaluate_with_data_splits_it_like_the_run_did(run, data, monkeypatch):
     assert res.exit_code == 0, res.output
     m = json.loads(res.output.strip().splitlines()[-1])
     assert m["auroc"] == pytest.approx(info["metrics"]["auroc"]) and m["tnr"] == pytest.approx(info["metrics"]["tnr"])
+    assert "train" not in m["data"] and m["data"]["val"] == info["data_summary"]["counts"]["val"]  # none read
     # Another dataset's report goes beside fit's, which stays as it was.
     assert m["report"] == str(out / f"report-{ok.name}") and (out / f"report-{ok.name}" / "roc.png").is_file()
     assert (out / "report" / "metrics.json").read_bytes() == fit_report
@@ -503,3 +504,15 @@ def test_summary_warns_when_mu_3_sigma_keeps_fewer_normals_than_it_promises(run)
     text = summary(info, out)
     assert f"keeps {info['calibration']['accepted']:.2%} of the 674 validation normals" in text
     assert text.count("note: mean + 3 std rejects") == 1
+
+
+def test_metrics_lines_flag_worse_than_chance_and_point_to_labelled_data(tmp_path):
+    from training.cli import _metrics_lines
+
+    m = {"n_normal": 4, "n_anomalous": 4, "auroc": 0.33, "aupr": 0.4, "threshold": 0.1, "tnr": 0.5, "tpr": 0.25}
+    text = _metrics_lines(m, tmp_path)
+    assert "note: AUROC below 0.5: the anomalies score lower than the normals, worse than chance" in text
+    assert "AUROC below 0.5" not in _metrics_lines({**m, "auroc": 0.5}, tmp_path)
+    assert _metrics_lines({}, tmp_path) == (
+        "no labelled test images: nothing to evaluate (for a test on labelled images: "
+        f"edge-train evaluate {tmp_path} --data GOOD_FOLDER --anomalies DEFECT_FOLDER)")

@@ -295,7 +295,7 @@ def evaluate(ctx: click.Context, run_dir: Path, data: Optional[str], bundle: Opt
             "all_test") else ""
         click.echo(f"data: {d['test_normal']} test normal, {d['test_anomalous']} test anomalous, "
                    f"{d['val']} validation, {d['skipped']} skipped{unseen}")
-        click.echo(_metrics_lines(m))
+        click.echo(_metrics_lines(m, run_dir))
         click.echo(f"report: {m['report']}")
 
 
@@ -332,9 +332,11 @@ def _fmt(v: Optional[float], pct: bool = False) -> str:
     return f"{100 * v:.2f}%" if pct else f"{v:.4f}"
 
 
-def _metrics_lines(m: Dict[str, Any]) -> str:
+def _metrics_lines(m: Dict[str, Any], run_dir: Path) -> str:
     if not m or m.get("auroc") is None and m.get("tnr") is None:
-        return "no labelled test images: nothing to evaluate"
+        return (f"no labelled test images: nothing to evaluate (for a test on labelled images: "
+                f"edge-train evaluate {run_dir} --data GOOD_FOLDER --anomalies DEFECT_FOLDER)")
+    worse = m.get("auroc") is not None and m["auroc"] < 0.5
     lines = [
         f"test: {m['n_normal']} normal, {m['n_anomalous']} anomalous"
         + (f"   ({m['evaluated']})" if m.get("evaluated") else ""),
@@ -345,6 +347,9 @@ def _metrics_lines(m: Dict[str, Any]) -> str:
     ]
     for kind, km in (m.get("per_kind") or {}).items():
         lines.append(f"  {kind:<16} n={km['n']:<5} AUROC {_fmt(km['auroc'])}  TPR {_fmt(km['tpr'], True)}")
+    if worse:
+        lines.append("note: AUROC below 0.5: the anomalies score lower than the normals, worse than chance "
+                     "(too little training, or defects that the model finds more typical than the good parts)")
     if m.get("pixel"):
         n = m["pixel"].get("images")
         on = f"   (on {n} images with ground truth)" if n is not None else ""
@@ -382,7 +387,7 @@ def summary(info: Dict[str, Any], out_dir: Path) -> str:
     if note := tail_note(cal):
         lines.append(note)
     if info.get("metrics"):
-        lines.append(_metrics_lines(info["metrics"]))
+        lines.append(_metrics_lines(info["metrics"], out_dir))
     lines.append(f"report: {out_dir / 'report'}   next: edge-train export {out_dir} --out BUNDLE")
     return "\n".join(lines)
 

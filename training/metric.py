@@ -414,6 +414,14 @@ def load_run(run_dir: Path) -> Tuple[Any, MetricConfig, Tuple[int, int, int]]:
     return load_keras_model(Path(run_dir) / "model.keras", compile=True), cfg, tuple(run["input_shape"])
 
 
+def run_scorer(run_dir: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """Scores of images (N, H, W, C) by a metric run without its bundle: the Keras float32 embedder
+    against the run's reference set, as ``fit`` scored its test split."""
+    model, cfg, _ = load_run(run_dir)
+    scorer, _ = build_scorer(*load_reference(run_dir), cfg)
+    return lambda x: scorer(None, embed(model, x, cfg.l2))[0] if len(x) else np.empty(0, np.float64)
+
+
 def register_custom_layers() -> None:
     """Loading a metric model.keras needs the project's layer classes registered first: the L2
     layer, and training.layers.BatchNorm, which a saved model may name."""

@@ -440,9 +440,14 @@ def evaluate_run(
         threshold, pre = det.threshold, det.preprocess
         where = f"bundle {bundle} variant {det.variant}"
     elif info.get("family") == "metric":
-        # A metric run scores embeddings against the reference set that export writes into the bundle.
-        raise ValueError(f"metric runs are evaluated through their bundle: edge-train export {run_dir} --out B, "
-                         f"then edge-train evaluate {run_dir} --bundle B")
+        from .metric import run_scorer
+
+        score = run_scorer(Path(run_dir))
+        pre = Preprocess.from_dict(info["preprocess"])
+        splits = splits_for(pre)
+        scores, maps, val_scores = score(splits.x_test), None, score(splits.x_val)
+        threshold = info["calibration"]["threshold"]
+        where = f"run {run_dir} (Keras float32)"
     else:
         run = load_run(run_dir)
         splits = splits_for(run.preprocess)
@@ -454,7 +459,8 @@ def evaluate_run(
     metrics = evaluate_scores(splits, scores, maps, threshold)
     metrics["evaluated"] = where
     metrics["dataset"] = dict(spec)  # what the data was: another folder of the same name gets another report
-    metrics["data"] = splits.summary["counts"]
+    # Evaluation reads no training images, so a "train" count here would read 0: leave it out.
+    metrics["data"] = {k: v for k, v in splits.summary["counts"].items() if k != "train"}
     metrics["skipped_files"] = splits.summary["skipped_files"]
     metrics["scores"] = {"test": [float(s) for s in scores], "labels": splits.y_test.tolist(),
                          "images": [it.source if it.index < 0 else f"{it.source}#{it.index}"
