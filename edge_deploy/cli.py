@@ -12,10 +12,12 @@ from typing import Optional, Tuple
 
 import click
 
+from edge_detect import __version__
 from edge_detect.errors import Group, UserError
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edge-deploy")
 def main() -> None:
     """Get model bundles onto edge devices: sign, push over SSH with rollback, update over MQTT."""
 

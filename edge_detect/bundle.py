@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import io
 import json
 import os
+import posixpath
 import shutil
 import tarfile
 import tempfile
@@ -29,7 +29,7 @@ import numpy as np
 
 from . import __version__
 from .atomic import atomic_path
-from .oneline import first_line
+from .oneline import first_line, os_error
 from .preprocess import Preprocess
 from .scoring import Scorer, scorer_from_dict
 
@@ -234,7 +234,26 @@ def read_json(path: Path) -> Any:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
-def _load_dir(path: Path, verify: bool) -> Bundle:
+def read_manifest(path: Union[str, Path]) -> Dict[str, Any]:
+    """The checked manifest of a bundle directory or archive: no file hashed, nothing unpacked.
+
+    Cheap enough for ``check-config``; only ``load_bundle`` verifies the files. Raises BundleError.
+    """
+    path = Path(path)
+    if path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES):
+        manifest = read_archive_manifest(path)
+        check_manifest(manifest, f"{path}: {MANIFEST}")
+        return manifest
+    return _dir_manifest(path)
+
+
+def _dir_manifest(path: Path) -> Dict[str, Any]:
+    try:
+        path.stat()
+    except FileNotFoundError:  # a dangling ``current`` link too
+        raise BundleError(f"{path}: no such file or directory") from None
+    except OSError as e:
+        raise BundleError(os_error(e, path)) from None
     mf = path / MANIFEST
     if not mf.is_file():
         raise BundleError(f"{path}: not a bundle (no {MANIFEST})")
@@ -243,6 +262,11 @@ def _load_dir(path: Path, verify: bool) -> Bundle:
     except ValueError as e:
         raise BundleError(str(e)) from None
     check_manifest(manifest, str(mf))
+    return manifest
+
+
+def _load_dir(path: Path, verify: bool) -> Bundle:
+    manifest = _dir_manifest(path)
     if verify:
         verify_files(path, manifest)
     return Bundle(path=path, manifest=manifest)
@@ -321,16 +345,30 @@ def unpack(archive: Union[str, Path], dest: Union[str, Path]) -> Path:
                 assert f is not None
                 (dest / Path(name).name).write_bytes(f.read())
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        # A file that is no archive at all makes tarfile list each compression it tried, a line each.
-        why = first_line(e).rstrip(":")
-        raise BundleError(f"{archive}: damaged or truncated archive ({why})") from None
+        raise _damaged(archive, e) from None
     return dest
 
 
+def _damaged(archive: Path, e: BaseException) -> BundleError:
+    # A file that is no archive at all makes tarfile list each compression it tried, a line each.
+    return BundleError(f"{archive}: damaged or truncated archive ({first_line(e).rstrip(':')})")
+
+
 def read_archive_manifest(archive: Union[str, Path]) -> Dict[str, Any]:
-    """The manifest of an archive without extracting the models (for listings)."""
-    with tarfile.open(archive, "r:*") as tar:
-        f = tar.extractfile(MANIFEST)
-        if f is None:
-            raise BundleError(f"{archive}: no {MANIFEST}")
-        return json.load(io.TextIOWrapper(f))
+    """The manifest of an archive without extracting the models (for listings). Raises BundleError."""
+    archive = Path(archive)
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            # Found by its normalised name, as unpack would place it: "./manifest.json" counts.
+            member = next((m for m in tar.getmembers() if m.isfile() and posixpath.normpath(m.name) == MANIFEST),
+                          None)
+            f = tar.extractfile(member) if member is not None else None
+            raw = f.read() if f is not None else None
+    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+        raise _damaged(archive, e) from None
+    if raw is None:
+        raise BundleError(f"{archive}: not a bundle (no {MANIFEST})")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+        raise BundleError(f"{archive}: {MANIFEST}: not valid JSON ({e})") from None

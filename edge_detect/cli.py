@@ -219,15 +219,20 @@ def run(config_path: str) -> None:
 @main.command("check-config")
 @click.argument("config_path", metavar="FILE", type=click.Path(dir_okay=False))
 def check_config(config_path: str) -> None:
-    """Validate a daemon config FILE (the same checks as ``run``); print a summary or every error."""
-    from .config import load_config
+    """Validate a daemon config FILE (the same checks as ``run``); print a summary or every error.
+
+    A local path that is missing or unusable here (the bundle, a watched directory, a video device)
+    is a warning line, not an error: the config may be checked before it is deployed. Exit 0
+    either way; the last line counts the warnings.
+    """
+    from .config import load_config, path_warnings
     from .validate import ConfigError
 
     try:
         cfg = load_config(config_path)
     except ConfigError as e:
         raise _invalid_config(e) from None
-    click.echo(cfg.summary())
+    click.echo(cfg.summary(path_warnings(cfg)))
 
 
 @main.command()

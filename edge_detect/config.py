@@ -7,15 +7,18 @@ then exits non-zero. ``edge-detect check-config`` runs the same validation.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .capture import source_config_from_dict
 from .capture.base import SourceConfig
 from .delegates import DelegateConfig, delegate_from_dict
+from .oneline import first_line
 from .validate import ConfigError, from_table
 
 if sys.version_info >= (3, 11):
@@ -248,12 +251,11 @@ class Config:
     health: HealthConfig
     update: UpdateConfig = field(default_factory=UpdateConfig)
 
-    def summary(self) -> str:
-        """A short human-readable description (no secrets)."""
+    def summary(self, warnings: Sequence[str] = ()) -> str:
+        """A short human-readable description (no secrets), then ``warnings``, then the verdict with their count."""
         m = self.model
         acc = m.accelerator.name if m.accelerator else "cpu"
         lines = [
-            f"config {self.path}: ok",
             f"  device   {self.device.id}",
             f"  model    {m.bundle} (variant {m.variant or 'auto'}, accelerator {acc}"
             f"{', required' if m.require_accelerator else ''}, watch {'on' if m.watch else 'off'})",
@@ -271,6 +273,10 @@ class Config:
                 + (f", threshold {c.threshold:g}" if c.threshold is not None else "")
                 + (f", roi {list(c.roi)}" if c.roi else "")
             )
+        lines += [f"warning: {w}" for w in warnings]
+        n = len(warnings)
+        note = f" ({n} warning{'s' if n > 1 else ''}: paths missing or unusable on this machine)" if n else ""
+        lines.append(f"config {self.path}: ok{note}")
         return "\n".join(lines)
 
 
@@ -297,6 +303,59 @@ def _source_summary(c: CameraConfig) -> str:
             return v
     dev = getattr(s, "device", -1)
     return f"/dev/video{dev}" if dev >= 0 else "?"
+
+
+def path_warnings(cfg: Config) -> List[str]:
+    """``key: path: why`` for each local path of ``cfg`` that is missing or unusable on this machine.
+
+    Warnings, not errors: a config is often checked on a workstation before it is deployed. URLs
+    are not checked, and of the bundle only the manifest is read (the daemon hashes the files).
+    """
+    from .bundle import BundleError, read_manifest
+
+    out = []
+    try:
+        read_manifest(cfg.model.bundle)
+    except BundleError as e:  # its message starts with the path
+        out.append(f"model.bundle: {first_line(e)}")
+    for key, path, kind in _source_paths(cfg.cameras):
+        why = _path_problem(path, kind)
+        if why:
+            out.append(f"{key}: {path}: {why}")
+    return out
+
+
+def _source_paths(cameras: Sequence[CameraConfig]) -> Iterator[Tuple[str, str, str]]:
+    """(dotted key, path, "directory" or "file") for each camera option that names something local."""
+    for i, c in enumerate(cameras):
+        where, s = f"cameras[{i}].source", c.source
+        if c.source_type == "directory":
+            yield f"{where}.path", s.path, "directory"
+        elif c.source_type == "opencv":
+            if s.device >= 0:
+                yield f"{where}.device", f"/dev/video{s.device}", "file"
+            # A URL, a GStreamer pipeline or an image sequence pattern (img_%04d.jpg) is no path to look up.
+            elif "://" not in s.url and s.backend != "gstreamer" and "%" not in s.url:
+                yield f"{where}.url", s.url, "file"
+        elif c.source_type == "http":
+            for attr in ("ca_file", "password_file"):
+                if getattr(s, attr):
+                    yield f"{where}.{attr}", getattr(s, attr), "file"
+
+
+def _path_problem(path: str, kind: str) -> str:
+    """Why ``path`` can't serve as a ``kind`` ("directory" or "file"), or "" when it can."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "no such file or directory"
+    except OSError as e:
+        return e.strerror or str(e)
+    if kind == "directory" and not stat.S_ISDIR(st.st_mode):
+        return "not a directory"
+    if kind == "file" and stat.S_ISDIR(st.st_mode):
+        return "a directory, not a file"
+    return ""
 
 
 def _mqtt_summary(m: Any) -> str:

@@ -47,6 +47,7 @@ from . import __version__
 from .events import check_level, iso_utc
 from .logs import event as _ev
 from .outbox import Item, Message, Outbox
+from .validate import ConfigError, unknown_keys
 
 log = logging.getLogger("edge_detect.publisher")
 
@@ -117,10 +118,11 @@ class MqttConfig:
         """Validate a config table; raise ``ValueError("<where>.<key> ...")`` on the first problem."""
         if not isinstance(d, Mapping):
             raise ValueError(f"{where} must be a table")
-        known = {f for f in cls.__dataclass_fields__ if f != "where"}
-        for k in d:
-            if k not in known:
-                raise ValueError(f"{where}.{k} is not a known key (known: {', '.join(sorted(known))})")
+        unknown = unknown_keys(d, [f for f in cls.__dataclass_fields__ if f != "where"], where)
+        if isinstance(d.get("tls"), Mapping):
+            unknown += unknown_keys(d["tls"], TlsConfig.__dataclass_fields__, f"{where}.tls")
+        if unknown:
+            raise ConfigError(unknown)
         v = _Check(d, where)
         tls = None
         if "tls" in d:
@@ -130,10 +132,6 @@ class MqttConfig:
                     t = {}
                 if not isinstance(t, Mapping):
                     raise ValueError(f"{where}.tls must be a table (or true for the system CAs)")
-                for k in t:
-                    if k not in TlsConfig.__dataclass_fields__:
-                        known_tls = ", ".join(TlsConfig.__dataclass_fields__)
-                        raise ValueError(f"{where}.tls.{k} is not a known key (known: {known_tls})")
                 tv = _Check(t, f"{where}.tls")
                 tls = TlsConfig(
                     ca_file=tv.file("ca_file"),

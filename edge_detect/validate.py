@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any, Dict, List, Mapping, Type, TypeVar
+from typing import Any, Dict, Iterable, List, Mapping, Type, TypeVar
 
 T = TypeVar("T")
 
@@ -28,19 +28,34 @@ class ConfigError(ValueError):
         return ConfigError(self.errors, path)
 
 
-def _type_name(t: Any) -> str:
+# How a TOML type reads after "must be", and in the plural after "an array of".
+_NAMES = {str: ("a string", "strings"), int: ("an integer", "integers"), float: ("a number", "numbers"),
+          bool: ("a boolean", "booleans"), dict: ("a table", "tables")}
+
+
+def _type_name(t: Any, plural: bool = False) -> str:
+    """``t`` in words: "an array of 4 integers"; ``plural``: "arrays of 4 integers"."""
     origin = typing.get_origin(t)
     if origin is typing.Union:
         args = [a for a in typing.get_args(t) if a is not type(None)]
-        return " or ".join(_type_name(a) for a in args)
+        return " or ".join(_type_name(a, plural) for a in args)
     if origin in (list, tuple):
         args = typing.get_args(t)
-        inner = _type_name(args[0]) if args else "any"
-        n = f" of {len(args)}" if origin is tuple and args and args[-1] is not Ellipsis else ""
-        return f"array{n} of {inner}"
+        if origin is tuple and args and args[-1] is not Ellipsis:  # a fixed length, e.g. a roi
+            inner = f"{len(args)} {_type_name(args[0], True) if len(set(args)) == 1 else 'items'}"
+        else:
+            inner = _type_name(args[0], True) if args else "items"
+        return f"{'arrays' if plural else 'an array'} of {inner}"
     if origin is dict:
-        return f"table of {_type_name(typing.get_args(t)[1])}"
-    return {str: "string", int: "integer", float: "number", bool: "boolean", dict: "table"}.get(t, str(t))
+        return f"{'tables' if plural else 'a table'} of {_type_name(typing.get_args(t)[1], True)}"
+    one, many = _NAMES.get(t, (str(t), str(t)))
+    return many if plural else one
+
+
+def unknown_keys(table: Mapping[str, Any], known: Iterable[str], where: str) -> List[str]:
+    """One ``where.key: unknown key (known: ...)`` problem per key of ``table`` not in ``known``."""
+    names = sorted(known)
+    return [f"{where}.{k}: unknown key (known: {', '.join(names)})" for k in sorted(set(table) - set(names))]
 
 
 def _check(value: Any, t: Any) -> bool:
@@ -95,9 +110,7 @@ def from_table(cls: Type[T], table: Any, where: str, skip: tuple = ()) -> T:
         raise ConfigError([f"{where}: must be a table, got {type(table).__name__}"])
     hints = typing.get_type_hints(cls)
     fields: Dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    errors: List[str] = []
-    for key in sorted(set(table) - set(fields)):
-        errors.append(f"{where}.{key}: unknown key (known: {', '.join(sorted(fields))})")
+    errors = unknown_keys(table, fields, where)
     kwargs: Dict[str, Any] = {}
     for name, f in fields.items():
         if name in skip:

@@ -326,7 +326,7 @@ def test_redact():
 def test_source_config_errors_name_the_key():
     with pytest.raises(ConfigError, match=r"cameras\[2\]\.source\.type: must be one of"):
         source_config_from_dict({"type": "ftp"}, "cameras[2].source")
-    with pytest.raises(ConfigError, match=r"s\.settle: must be number"):
+    with pytest.raises(ConfigError, match=r"s\.settle: must be a number"):
         source_config_from_dict({"type": "directory", "path": "/x", "settle": "fast"}, "s")
     with pytest.raises(ConfigError, match=r"s\.after: must be one of move, delete, keep"):
         source_config_from_dict({"type": "directory", "path": "/x", "after": "archive"}, "s")

@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from edge_deploy.cli import main as deploy_main
+from edge_detect import __version__
 from edge_detect.cli import main as device_main
 from training.cli import main as train_main
 
@@ -40,5 +41,6 @@ def test_no_arguments_still_shows_the_help(cli):
 
 def test_help_and_version_exit_0():
     assert CliRunner().invoke(device_main, ["score", "-h"]).exit_code == 0
-    r = CliRunner().invoke(train_main, ["--version"], prog_name="edge-train")
-    assert r.exit_code == 0 and r.output.startswith("edge-train, version ")
+    for cli in ("edge-detect", "edge-train", "edge-deploy"):
+        r = CliRunner().invoke(CLIS[cli], ["--version"], prog_name=cli)
+        assert r.exit_code == 0 and r.output == f"{cli}, version {__version__}\n"

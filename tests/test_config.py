@@ -59,11 +59,22 @@ def test_every_problem_is_named_with_key_and_file(tmp_path):
     text = str(e)
     path = str(tmp_path / "edge.toml")
     assert all(line.startswith(path + ": ") for line in text.splitlines())
-    for want in ("device.colour: unknown key", "cameras[0].source.settle: must be number, got 'slow'",
+    for want in ("device.colour: unknown key", "cameras[0].source.settle: must be a number, got 'slow'",
                  "cameras[0].trigger.type: must be one of interval, mqtt", "stats.interval: must be > 0 s",
                  "extra: unknown section"):
         assert want in text, text
     assert len(e.errors) == 5
+
+
+def test_unknown_keys_read_the_same_in_every_table(tmp_path):
+    # [mqtt] is validated by publisher.py, the rest by validate.from_table: one wording for both.
+    e = _errors(tmp_path, MINIMAL.replace('name = "front"', 'name = "front"\ndebounce_mm = 3')
+                + '[mqtt]\nkepalive = 30\n[mqtt.tls]\ncafile = "ca.pem"\n')
+    path = str(tmp_path / "edge.toml")
+    assert [line.split(" (known: ")[0] for line in str(e).splitlines()] == [
+        f"{path}: mqtt.kepalive: unknown key", f"{path}: mqtt.tls.cafile: unknown key",
+        f"{path}: cameras[0].debounce_mm: unknown key"], str(e)
+    assert "(known: client_id, discovery," in str(e) and "(known: ca_file, cert_file, insecure, key_file)" in str(e)
 
 
 def test_range_and_duplicate_problems_come_with_the_type_problems(tmp_path):
@@ -73,8 +84,8 @@ def test_range_and_duplicate_problems_come_with_the_type_problems(tmp_path):
                 .replace('path = "/srv/ftp/front"', 'path = "/srv/ftp/front"\nsettle = -1\npoll_interval = "x"')
                 + '[[cameras]]\nname = "front"\n[cameras.source]\ntype = "directory"\npath = "/srv/b"\n')
     text = str(e)
-    for want in ("device.id: must be 1-64 of", "device.log_level: must be string",
-                 "cameras[0].source.settle: must be >= 0", "cameras[0].source.poll_interval: must be number",
+    for want in ("device.id: must be 1-64 of", "device.log_level: must be a string",
+                 "cameras[0].source.settle: must be >= 0", "cameras[0].source.poll_interval: must be a number",
                  "cameras: name 'front' is used more than once"):
         assert want in text, text
     assert len(e.errors) == 5
@@ -83,25 +94,30 @@ def test_range_and_duplicate_problems_come_with_the_type_problems(tmp_path):
 @pytest.mark.parametrize(
     "patch, key",
     [
-        (('bundle = "/var/lib/edge-detect/bundle"', "bundle = 3"), "model.bundle: must be string"),
+        (('bundle = "/var/lib/edge-detect/bundle"', "bundle = 3"), "model.bundle: must be a string"),
         (('bundle = "/var/lib/edge-detect/bundle"', 'bundle = "b"\nnum_threads = 1.5'), "model.num_threads"),
         (('bundle = "/var/lib/edge-detect/bundle"', 'bundle = "b"\n[model.accelerator]\ntype = "npu"'),
          "model.accelerator.type"),
         (('bundle = "/var/lib/edge-detect/bundle"', 'bundle = "b"\n[model.accelerator]\ntype = "edgetpu"\nspeed = 1'),
          "model.accelerator: unknown key(s) speed"),
         (('name = "front"', 'name = "front/left"'), "cameras[0].name"),
-        (('name = "front"', 'name = "front"\nroi = [1, 2, 3]'), "cameras[0].roi: must be array of 4"),
+        (('name = "front"', 'name = "front"\nroi = [1, 2, 3]'),
+         "cameras[0].roi: must be an array of 4 integers, got [1, 2, 3]"),
         (('name = "front"', 'name = "front"\ndebounce_n = 3\ndebounce_m = 2'), "cameras[0].debounce_n"),
+        (('name = "front"', 'name = "front"\nroi = [1, 2, "3", 4]'),
+         "cameras[0].roi: must be an array of 4 integers, got [1, 2, '3', 4]"),
+        (('path = "/srv/ftp/front"', 'path = "/srv/ftp/front"\npatterns = ["*.jpg", 2]'),
+         "cameras[0].source.patterns: must be an array of strings, got ['*.jpg', 2]"),
         (('name = "front"', 'name = "front"\nqueue = 99999999999'), "cameras[0].queue: must be 1..1000 frames"),
-        (('name = "front"', 'name = "front"\nthreshold = "high"'), "cameras[0].threshold: must be number"),
+        (('name = "front"', 'name = "front"\nthreshold = "high"'), "cameras[0].threshold: must be a number"),
         (('type = "directory"', 'type = "ftp"'), "cameras[0].source.type: must be one of directory, http, opencv"),
         (('path = "/srv/ftp/front"', 'path = "/srv/ftp/front"\nafter = "archive"'), "cameras[0].source.after"),
         (('[device]', '[mqtt]\nport = 99999\n[device]'), "mqtt.port"),
-        (('[device]', '[mqtt]\nhostname = "x"\n[device]'), "mqtt.hostname"),
+        (('[device]', '[mqtt]\nhostname = "x"\n[device]'), "mqtt.hostname: unknown key (known: client_id, "),
         (('[device]', '[outbox]\npolicy = "drop_newest"\n[device]'), "outbox.policy"),
         # nan passes every range check (nan <= 0 is false), so it is refused as a number at all.
-        (('[device]', '[stats]\ninterval = nan\n[device]'), "stats.interval: must be number, got nan"),
-        (('name = "front"', 'name = "front"\nthreshold = nan'), "cameras[0].threshold: must be number, got nan"),
+        (('[device]', '[stats]\ninterval = nan\n[device]'), "stats.interval: must be a number, got nan"),
+        (('name = "front"', 'name = "front"\nthreshold = nan'), "cameras[0].threshold: must be a number, got nan"),
     ],
 )
 def test_wrong_types_and_values_name_the_key(tmp_path, patch, key):
@@ -143,7 +159,7 @@ def test_one_config_problem_is_one_line(tmp_path, args):
     bad = _write(tmp_path, MINIMAL.replace('id = "line1"', "id = 7"))
     r = subprocess.run([CLI, *(a.format(bad) for a in args)], capture_output=True, text=True)
     assert r.returncode == 2
-    assert r.stderr.strip() == f"error: invalid config: {bad}: device.id: must be string, got 7"
+    assert r.stderr.strip() == f"error: invalid config: {bad}: device.id: must be a string, got 7"
 
 
 def test_parse_config_accepts_a_dict():
@@ -163,7 +179,7 @@ def test_check_config_cli(tmp_path):
     bad.write_text(MINIMAL.replace('id = "line1"', "id = 7"))
     r = subprocess.run([CLI, "check-config", str(bad)],
                        capture_output=True, text=True)
-    assert r.returncode == 2 and f"{bad}: device.id: must be string, got 7" in r.stderr
+    assert r.returncode == 2 and f"{bad}: device.id: must be a string, got 7" in r.stderr
     r = subprocess.run([CLI, "run", "--config", str(bad)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "device.id" in r.stderr
