@@ -362,3 +362,18 @@ def test_a_reason_that_quotes_a_file_name_stays_on_one_line(tmp_path, caplog):
         load_items([Item(str(tmp_path / "e\nx.png"))], PRE)
     msg = caplog.records[0].getMessage()
     assert "\n" not in msg and msg.count("e\\nx.png") == 2  # in the name and in the reason
+
+
+def test_progress_bars_only_on_a_terminal(monkeypatch):
+    import io
+
+    from training.data import tqdm_class
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    assert tqdm_class() is None  # a log file would fill with carriage-return redraws
+    monkeypatch.setattr("sys.stderr", Terminal())
+    assert tqdm_class() is not None

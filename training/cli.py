@@ -240,7 +240,8 @@ def fit(ctx: click.Context, data: str, family: str, out_dir: Path, input_size: i
                                   "skips": skips})
     # The metric family keeps its own default calibration unless the user chose one.
     cfg.calibration_explicit = ctx.get_parameter_source("calibration") != click.core.ParameterSource.DEFAULT
-    info = fit_family(family, spec, cfg, out_dir, opts, verbose=0 if quiet else 1)
+    # Keras' bar redraws one line with carriage returns; into a log file it writes a line per epoch.
+    info = fit_family(family, spec, cfg, out_dir, opts, verbose=0 if quiet else 1 if sys.stdout.isatty() else 2)
     click.echo(summary(info, out_dir))
 
 

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import struct
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -554,7 +555,10 @@ def _binary_mask(it: Item) -> Image.Image:
 
 
 def tqdm_class() -> Any:
-    """tqdm's progress bar class, or None where tqdm is not installed (bars are a nicety)."""
+    """tqdm's progress bar class, or None where tqdm is not installed or stderr is no terminal (in a
+    log file a bar is only carriage returns; bars are a nicety)."""
+    if not sys.stderr.isatty():
+        return None
     try:
         from tqdm import tqdm
 
