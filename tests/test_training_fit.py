@@ -127,9 +127,13 @@ def test_denoising_fit_through_each_input_pipeline(mvtec_dir, tmp_path, noise):
         assert pixel_auroc(shown, splits.masks_test) != pytest.approx(pixel_auroc(raw, splits.masks_test))
 
 
-def test_predict_shows_progress_on_large_sets_only(capsys):
+def test_predict_shows_progress_on_large_sets_only(capsys, monkeypatch):
+    import sys
+
     from training.models import build_model
     from training.train import predict
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # bars draw on a terminal only
 
     model = build_model("plain", (16, 16, 1), **TINY)
     x = np.zeros((2000, 16, 16, 1), np.float32)
