@@ -585,7 +585,7 @@ def export_bundle(
             warnings += notes
             files[v] = work / variant_file(v)
             files[v].write_bytes(blob)
-            echo(f"converted {v:<8} {len(blob) / 1024:8.1f} KB")
+            echo(f"converted {v:<8} {len(blob) / 1024:8.1f} KiB")
 
         edgetpu: Optional[Dict[str, Any]] = None
         if "int8_io" in files:

@@ -164,5 +164,5 @@ def export_command(run_dir: Path, out: Path, quant: str, name: Optional[str], mo
     except OSError as e:  # e.g. an --out whose parent can't be created
         raise UserError(f"cannot use {os_error(e, out)}") from None
     b = res.bundle
-    sizes = ", ".join(f"{v} {spec_['size_bytes'] / 1024:.1f} KB" for v, spec_ in b.variants.items())
+    sizes = ", ".join(f"{v} {spec_['size_bytes'] / 1024:.1f} KiB" for v, spec_ in b.variants.items())
     click.echo(f"bundle {b.path}: {b.name} {b.version}, default {b.default_variant()}; {sizes}")
