@@ -266,6 +266,7 @@ def test_single_class_with_synthetic_outlier_exposure_from_the_cli(tmp_path):
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     aux = info["data_summary"]["aux"]
     assert aux["synthetic"] == aux["count"] == info["data_summary"]["counts"]["train"] > 0
+    assert f"outlier exposure: 0 images from --aux, {aux['synthetic']} synthetic anomalies" in res.output
     assert info["metrics"]["n_anomalous"] == 8 and info["n_classes"] == 2
     assert info["model_params"]["head"] == "gap"
 
@@ -284,6 +285,7 @@ def test_single_class_with_synthetic_outlier_exposure_from_the_cli(tmp_path):
     aux = two["data_summary"]["aux"]
     assert aux["count"] == 12 and aux["synthetic"] == 0 and len(aux["folders"]) == 2 and aux["skipped"] == 1
     assert " skipped (+ 1 in --aux)" in res.output
+    assert "outlier exposure: 12 images from --aux, 0 synthetic anomalies" in res.output
     assert two["scoring"]["kind"] == "knn"  # the default scorer
     res = CliRunner().invoke(train_main, [*args, "--out", str(tmp_path / "bad"), "--aux", str(tmp_path / "aux1"),
                                           "--aux", str(tmp_path / "nope")])

@@ -374,6 +374,9 @@ def summary(info: Dict[str, Any], out_dir: Path) -> str:
         + (f" (+ {aux['skipped']} in --aux)" if (aux := info.get("data_summary", {}).get("aux") or {}).get("skipped")
            else ""),
     ]
+    if aux.get("count"):
+        syn = int(aux.get("synthetic") or 0)
+        lines.append(f"outlier exposure: {aux['count'] - syn} images from --aux, {syn} synthetic anomalies")
     kept = (f"   keeps {cal['accepted']:.2%} of the {cal['normal_stats']['n']} validation normals"
             if "accepted" in cal else "")
     if info.get("model") == "vote":
