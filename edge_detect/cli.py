@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 from typing import TYPE_CHECKING, Optional, Tuple
 
@@ -243,7 +244,8 @@ def health(config_path: str, timeout: float) -> None:
     """Ask the running daemon for a fresh stats report over its broker; print one JSON line.
 
     The line has online, model (name, version, sha256, variant) and reloads (ok, failed,
-    last_error). Exit 0 when the daemon answered, 1 when it did not within --timeout.
+    last_error). Exit 0 when the daemon answered, 1 when it did not within --timeout, 2 when the
+    config is invalid or the broker cannot be reached (one error line).
     """
     from .config import load_config
     from .health import query_health, summarize
@@ -328,6 +330,8 @@ def bundle_list(store: str) -> None:
     from .bundle import BundleError
     from .update import BundleStore
 
+    if not os.path.isdir(store):  # a mistyped --store would otherwise read as an empty one
+        raise UserError(f"store {store}: no such directory (nothing installed yet, or another --store)")
     s = BundleStore(store)
     try:
         click.echo(json.dumps({"current": s.current(), "previous": s.previous(), "versions": s.versions()}))

@@ -144,7 +144,10 @@ class CameraWorker:
         self.stop = stop
         self.stats = CameraStats()
         self.interval = camera_interval(cam) if cam.trigger.type == "interval" else None
-        self.stall_timeout = cam.stall_timeout or cfg.health.stall_timeout
+        # Parts reach a watched directory when the line makes them: quiet there is no fault unless the
+        # camera sets its own stall_timeout.
+        self.stall_timeout = cam.stall_timeout or (None if cam.source_type == "directory"
+                                                    else cfg.health.stall_timeout)
         self.backoff_min, self.backoff_max = cfg.health.reconnect_min, cfg.health.reconnect_max
         # Directory files wait on disk when the model is busy; a stream drops its oldest frame.
         self.block = cam.source_type == "directory"
@@ -200,7 +203,7 @@ class CameraWorker:
                 self.stats.reconnects += 1
 
     def _check_stall(self) -> None:
-        if self.interval is None and not self._waiting:
+        if self.stall_timeout is None or self.interval is None and not self._waiting:
             return  # an mqtt-triggered camera is only late while a capture is asked for
         since = self.stats.last_frame if self.stats.last_frame is not None else self._started
         if not self.stats.stalled and time.monotonic() - max(since, self._started) > self.stall_timeout:
@@ -315,7 +318,7 @@ def load_model(cfg: Config) -> Model:
         # One zero frame through model and scorer: a bundle that loads but can't run is refused here,
         # before it replaces a working one.
         x = np.zeros(det.preprocess.shape, np.float32)[None]
-        det.scorer(x, det.model(x))
+        maps = det.scorer(x, det.model(x))[1]
     except (BundleError, AcceleratorRequired):
         if extracted:
             shutil.rmtree(extracted, ignore_errors=True)
@@ -329,6 +332,13 @@ def load_model(cfg: Config) -> Model:
                   "variant": det.variant}
     for cam in cfg.cameras:
         model.preprocess[cam.name] = det.preprocess.with_roi(cam.roi) if cam.roi else det.preprocess
+    asking = [c.name for c in cfg.cameras if c.heatmap]
+    if maps is None:
+        if asking:  # else heatmap = true would go quietly unanswered
+            why = f"its {det.bundle.manifest.get('family', 'model')} scorer makes no error map"
+            log.warning("heatmaps off for this bundle (cameras %s ask for them): %s", ", ".join(asking), why,
+                        extra=_ev("heatmap_off", error=why, cameras=asking))
+        return model
     try:
         from .heatmap import Heatmapper
 
@@ -470,6 +480,10 @@ class Daemon:
             targets = [w for w in self.workers.values() if (cam is None and w.interval is None) or w.name == cam]
             if not targets:
                 self.publisher.report(cmd, False, f"no camera {cam!r}" if cam else "no mqtt-triggered camera")
+                return
+            if targets[0].interval is not None:  # a named camera that captures on its own schedule
+                self.publisher.report(cmd, False, f"camera {cam!r} is not mqtt-triggered (trigger type "
+                                      f"{targets[0].cfg.trigger.type!r}): it captures on its own")
                 return
             for w in targets:
                 w.capture_now()
@@ -786,6 +800,7 @@ class Daemon:
             "frame_errors": self.errors,
             "events_refused": self.events_refused,
             "outbox_depth": self.outbox.depth(),
+            "mqtt_connected": self.publisher.connected,  # in the log too: the one place it shows while down
             "reloads": dict(self.reloads),
             "first_event_s": None if self.first_event_s is None else round(self.first_event_s, 3),
             "rss_mb": rss_mb(),

@@ -97,6 +97,7 @@ def test_events_end_to_end(tmp_path, tiny_bundle, mosquitto):
     heat = sub.payloads("/heatmap/")
     assert heat and Image.open(io.BytesIO(heat[0])).size == (32, 32)
     assert stats["events"] == 4 and stats["images_rejected"] == 0 and stats["accelerator"] == "cpu"
+    assert stats["mqtt_connected"] is True
     assert stats["latency_ms"]["p50"] > 0 and stats["rss_mb"] < 150
     assert first["event_id"] in {e["event_id"] for e in events}
     # files were moved once processed; SIGTERM published "offline" (retained)
@@ -503,3 +504,33 @@ def test_snapshot_of_a_jpeg_that_exif_turns_is_re_encoded_in_the_stored_pixel_gr
     snap = Image.open(io.BytesIO(snapshot_jpeg(turned.getvalue())))
     assert snap.getexif().get(0x0112, 1) == 1 and snap.size == (40, 20)
     assert np.asarray(snap)[10, :10].min() > 200 and np.asarray(snap)[10, 20:].max() < 50
+
+
+def test_commands_heatmaps_and_quiet_folders_say_what_they_do(tmp_path, mosquitto):
+    # The shipped demo bundle is a metric-learning model: no error map, so no heatmap to send.
+    demo = Path(edge_detect.__file__).parent / "data" / "demo" / "bundle"
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    cfg = write_config(tmp_path / "edge.toml", device="dev9", bundle=demo, broker=mosquitto,
+                       outbox=tmp_path / "outbox.sqlite", cameras=_dir_camera("front", inbox, heatmap=True))
+    sub = Subscriber(mosquitto, ["edge-detect/dev9/cmd/result"], client_id="cmd-results")
+    assert sub.subscribed.wait(5)
+    d = DaemonProc(cfg, tmp_path / "daemon.log")
+    try:
+        off = d.wait_for(lambda x: x.get("event") == "heatmap_off")
+        d.wait_for(lambda x: x.get("event") == "started")
+        time.sleep(1.0)  # the command subscription follows the start line
+        for i, cmd in enumerate([{"camera": "front"}, {}]):
+            sub.client.publish("edge-detect/dev9/cmd", json.dumps({"cmd": "capture", "id": f"c{i}", **cmd}), qos=1)
+        assert sub.wait(lambda: len(sub.payloads("/cmd/result")) == 2, 10), d.tail()
+        time.sleep(1.5)  # past health.stall_timeout (1 s) with nothing dropped into the folder
+    finally:
+        rc = d.terminate()
+        sub.close()
+    assert rc == 0, d.tail()
+    assert off["cameras"] == ["front"] and "makes no error map" in off["error"]
+    results = {r["id"]: r for r in map(json.loads, sub.payloads("/cmd/result"))}
+    assert results["c0"]["ok"] is False and "camera 'front' is not mqtt-triggered" in results["c0"]["detail"]
+    assert results["c1"]["ok"] is False and results["c1"]["detail"] == "no mqtt-triggered camera"
+    # A watched folder waits for parts: quiet there is not a stalled camera.
+    assert not [x for x in d.lines() if x.get("event") == "camera_stalled"]
