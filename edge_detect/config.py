@@ -175,7 +175,7 @@ class CameraConfig:
     """
 
     name: str
-    source_type: str = ""
+    source_type: str = field(default="", metadata={"internal": True})  # [cameras.source] type
     source: Optional[SourceConfig] = None
     trigger: TriggerConfig = field(default_factory=TriggerConfig)
     roi: Optional[Tuple[int, int, int, int]] = None

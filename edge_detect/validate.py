@@ -109,7 +109,9 @@ def from_table(cls: Type[T], table: Any, where: str, skip: tuple = ()) -> T:
     if not isinstance(table, Mapping):
         raise ConfigError([f"{where}: must be a table, got {type(table).__name__}"])
     hints = typing.get_type_hints(cls)
-    fields: Dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    # A field marked internal (metadata={"internal": True}) is set by the code, never by the file.
+    fields: Dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(cls)
+                                            if f.init and not f.metadata.get("internal")}
     errors = unknown_keys(table, fields, where)
     kwargs: Dict[str, Any] = {}
     for name, f in fields.items():

@@ -114,6 +114,10 @@ def test_range_and_duplicate_problems_come_with_the_type_problems(tmp_path):
         (('path = "/srv/ftp/front"', 'path = "/srv/ftp/front"\nafter = "archive"'), "cameras[0].source.after"),
         (('[device]', '[mqtt]\nport = 99999\n[device]'), "mqtt.port"),
         (('[device]', '[mqtt]\nhostname = "x"\n[device]'), "mqtt.hostname: unknown key (known: client_id, "),
+        # The source type is [cameras.source] type; the internal field it fills is no key of the file.
+        (('name = "front"', 'name = "front"\nsource_type = "http"'),
+         "cameras[0].source_type: unknown key (known: cooldown, debounce_m, debounce_n, heatmap, name, queue, roi, "
+         "snapshot, source, stall_timeout, threshold, trigger)"),
         (('[device]', '[outbox]\npolicy = "drop_newest"\n[device]'), "outbox.policy"),
         # nan passes every range check (nan <= 0 is false), so it is refused as a number at all.
         (('[device]', '[stats]\ninterval = nan\n[device]'), "stats.interval: must be a number, got nan"),
