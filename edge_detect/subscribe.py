@@ -277,15 +277,17 @@ class AlertSubscriber:
 def format_line(ev: Dict[str, Any]) -> str:
     """One fixed-width table row for an event (see :data:`HEADER`)."""
     model = ev.get("model") or {}
+    tag = f"{model.get('name', '?')}@{model.get('version', '?')}"
     return (
         f"{ev.get('captured_at', '?'):<24}  {ev.get('device', '?'):<14}  {ev.get('camera', '?'):<10}  "
         f"{str(ev.get('verdict', '?')).upper():<7}  {ev.get('score', float('nan')):>10.4g}  "
         f"{ev.get('score_normalised', float('nan')):>6.2f}  {ev.get('threshold', float('nan')):>10.4g}  "
-        f"{model.get('name', '?')}@{model.get('version', '?')}  {ev.get('event_id', '?')}"
+        f"{tag:<{MODEL_WIDTH}}  {ev.get('event_id', '?')}"
     )
 
 
+MODEL_WIDTH = 22  # name@version; a longer one pushes only its own row's id to the right
 HEADER = (
     f"{'CAPTURED (UTC)':<24}  {'DEVICE':<14}  {'CAMERA':<10}  {'VERDICT':<7}  {'SCORE':>10}  {'NORM':>6}  "
-    f"{'THRESHOLD':>10}  MODEL  EVENT ID"
+    f"{'THRESHOLD':>10}  {'MODEL':<{MODEL_WIDTH}}  EVENT ID"
 )

@@ -97,3 +97,13 @@ def test_tls_file_that_is_not_pem_is_one_line(tmp_path):
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert r.stderr.startswith(f"error: CA file {notes}: not usable for TLS (")
+
+
+def test_table_columns_line_up_with_the_header():
+    from edge_detect.subscribe import HEADER, format_line
+
+    ev = {"captured_at": "2026-11-25T13:00:00.000Z", "device": "line3-pi", "camera": "top", "verdict": "anomaly",
+          "score": 0.91, "score_normalised": 1.3, "threshold": 0.72, "event_id": "0193-abc",
+          "model": {"name": "casting-demo", "version": "12"}}
+    row = format_line(ev)
+    assert row.index("0193-abc") == HEADER.index("EVENT ID") and row.index("casting-demo@12") == HEADER.index("MODEL")
