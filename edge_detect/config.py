@@ -275,7 +275,7 @@ class Config:
             )
         lines += [f"warning: {w}" for w in warnings]
         n = len(warnings)
-        note = f" ({n} warning{'s' if n > 1 else ''}: paths missing or unusable on this machine)" if n else ""
+        note = f" ({n} warning{'s' if n > 1 else ''})" if n else ""
         lines.append(f"config {self.path}: ok{note}")
         return "\n".join(lines)
 
@@ -306,7 +306,8 @@ def _source_summary(c: CameraConfig) -> str:
 
 
 def path_warnings(cfg: Config) -> List[str]:
-    """``key: path: why`` for each local path of ``cfg`` that is missing or unusable on this machine.
+    """``key: path: why`` for each local path of ``cfg`` that is missing or unusable on this machine,
+    and ``key: why`` for a camera threshold far from the bundle's own.
 
     Warnings, not errors: a config is often checked on a workstation before it is deployed. URLs
     are not checked, and of the bundle only the manifest is read (the daemon hashes the files).
@@ -315,14 +316,29 @@ def path_warnings(cfg: Config) -> List[str]:
 
     out = []
     try:
-        read_manifest(cfg.model.bundle)
+        manifest = read_manifest(cfg.model.bundle)
     except BundleError as e:  # its message starts with the path
         out.append(f"model.bundle: {first_line(e)}")
+    else:
+        out += _threshold_warnings(cfg.cameras, manifest)
     for key, path, kind in _source_paths(cfg.cameras):
         why = _path_problem(path, kind)
         if why:
             out.append(f"{key}: {path}: {why}")
     return out
+
+
+def _threshold_warnings(cameras: Sequence[CameraConfig], manifest: Dict[str, Any]) -> List[str]:
+    """Camera thresholds 10x or more away from the bundle's calibrated one: most likely copied from
+    another model's config, since every model scores in its own units."""
+    variant = (manifest.get("variants") or {}).get(manifest.get("default_variant")) or {}
+    own = (variant.get("calibration") or manifest.get("calibration") or {}).get("threshold")
+    if not isinstance(own, (int, float)) or own <= 0:
+        return []
+    return [f"cameras[{i}].threshold: {c.threshold:g} is {c.threshold / own:.3g}x the bundle's calibrated "
+            f"{own:.4g} (scores are in each model's own units; leave it out to use the bundle's)"
+            for i, c in enumerate(cameras)
+            if c.threshold is not None and not own / 10 <= c.threshold <= own * 10]
 
 
 def _source_paths(cameras: Sequence[CameraConfig]) -> Iterator[Tuple[str, str, str]]:
