@@ -33,6 +33,7 @@ import re
 import socket
 import sqlite3
 import ssl
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -54,16 +55,17 @@ log = logging.getLogger("edge_detect.publisher")
 
 class _QuietPahoNoise(logging.Filter):
     # paho 2.2's network thread logs "Client is not connected" at ERROR on every clean
-    # disconnect and while reconnecting, and "failed to receive on socket: ..." / "timeout on
-    # socket" at ERROR just before a lost connection; the publisher logs disconnects itself, once,
-    # in words (mqtt_disconnected), with the socket error kept here as its ``error``. Kept per
-    # thread: each client's network thread logs the error and then runs its on_disconnect.
+    # disconnect and while reconnecting, and "failed to receive on socket: ERR" / "timeout on
+    # socket: ERR" at ERROR just before a lost connection (on a send error too); the publisher logs
+    # disconnects itself, once, in words (mqtt_disconnected), with ERR kept here as its ``error``.
+    # Kept per thread: each client's network thread logs the error and then runs its on_disconnect.
     socket_errors: Dict[int, str] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = str(record.msg)
         if msg.startswith(("failed to receive on socket", "timeout on socket")):
-            self.socket_errors[threading.get_ident()] = record.getMessage()
+            err = record.args[0] if isinstance(record.args, tuple) and record.args else None
+            self.socket_errors[threading.get_ident()] = str(err) if err is not None else record.getMessage()
             return False
         return not msg.startswith("Client is not connected")
 
@@ -115,14 +117,26 @@ class MqttConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "mqtt") -> MqttConfig:
-        """Validate a config table; raise ``ValueError("<where>.<key> ...")`` on the first problem."""
+        """Validate a config table; raise :class:`ConfigError` (``"<where>.<key>: must be ..."``) naming
+        every unknown key and the first other problem."""
         if not isinstance(d, Mapping):
-            raise ValueError(f"{where} must be a table")
+            raise ConfigError([f"{where}: must be a table"])
         unknown = unknown_keys(d, [f for f in cls.__dataclass_fields__ if f != "where"], where)
         if isinstance(d.get("tls"), Mapping):
             unknown += unknown_keys(d["tls"], TlsConfig.__dataclass_fields__, f"{where}.tls")
+        try:
+            cfg = cls._build(d, where)
+        except ConfigError as e:
+            raise ConfigError(unknown + e.errors) from None
+        except ValueError as e:
+            # Unknown keys are ignored here, so the value problems are found in the same run.
+            raise ConfigError([*unknown, str(e)]) from None
         if unknown:
             raise ConfigError(unknown)
+        return cfg
+
+    @classmethod
+    def _build(cls, d: Mapping[str, Any], where: str) -> MqttConfig:
         v = _Check(d, where)
         tls = None
         if "tls" in d:
@@ -131,7 +145,7 @@ class MqttConfig:
                 if t is True:
                     t = {}
                 if not isinstance(t, Mapping):
-                    raise ValueError(f"{where}.tls must be a table (or true for the system CAs)")
+                    raise ValueError(f"{where}.tls: must be a table (or true for the system CAs), got {t!r}")
                 tv = _Check(t, f"{where}.tls")
                 tls = TlsConfig(
                     ca_file=tv.file("ca_file"),
@@ -140,7 +154,8 @@ class MqttConfig:
                     insecure=tv.boolean("insecure", False),
                 )
                 if (tls.cert_file is None) != (tls.key_file is None):
-                    raise ValueError(f"{where}.tls.cert_file and {where}.tls.key_file must be given together")
+                    given, missing = ("cert_file", "key_file") if tls.key_file is None else ("key_file", "cert_file")
+                    raise ValueError(f"{where}.tls.{missing}: must be given with {where}.tls.{given}")
                 try:
                     check_tls_files(tls.ca_file, tls.cert_file, tls.key_file)
                 except ValueError as e:
@@ -150,7 +165,7 @@ class MqttConfig:
         if protocol in ("5.0",):
             protocol = "5"
         if protocol not in PROTOCOLS:
-            raise ValueError(f'{where}.protocol must be "3.1.1" or "5", not {d.get("protocol")!r}')
+            raise ValueError(f'{where}.protocol: must be "3.1.1" or "5", got {d.get("protocol")!r}')
         cfg = cls(
             host=v.string("host", "localhost"),
             port=v.integer("port", 8883 if tls else 1883, 1, 65535),
@@ -178,18 +193,19 @@ class MqttConfig:
         """Cross-field checks (also run by :meth:`from_dict`)."""
         w = self.where
         if self.password_file and self.password_env:
-            raise ValueError(f"{w}.password_file and {w}.password_env are exclusive: give one")
+            raise ValueError(f"{w}.password_env: must not be given with {w}.password_file (give one)")
         if (self.password_file or self.password_env) and not self.username:
-            raise ValueError(f"{w}.username is required when a password is configured")
+            raise ValueError(f"{w}.username: must be given when a password is configured")
         if self.password_file and not Path(self.password_file).is_file():
             raise ValueError(f"{w}.password_file: no such file: {self.password_file}")
         if self.reconnect_min_s > self.reconnect_max_s:
-            raise ValueError(f"{w}.reconnect_min_s must be <= {w}.reconnect_max_s")
+            raise ValueError(f"{w}.reconnect_min_s: must be <= {w}.reconnect_max_s ({self.reconnect_max_s:g})")
         prefix = self.topic_prefix
         if not prefix or prefix.startswith("/") or prefix.endswith("/") or set("+#\0") & set(prefix):
-            raise ValueError(f"{w}.topic_prefix must be a topic without '+', '#' or a leading/trailing '/'")
+            raise ValueError(f"{w}.topic_prefix: must be a topic without '+', '#' or a leading/trailing '/', "
+                             f"got {prefix!r}")
         if self.client_id is not None and not (1 <= len(self.client_id.encode()) <= 65535):
-            raise ValueError(f"{w}.client_id must not be empty")
+            raise ValueError(f"{w}.client_id: must be 1..65535 bytes of UTF-8")
 
     def password(self) -> Optional[str]:
         """Read the password from ``password_file`` (trailing newline stripped) or ``password_env``."""
@@ -221,7 +237,7 @@ class _Check:
             return default
         val = self.d[key]
         if not isinstance(val, str) or (not val and not optional) or (optional and val == ""):
-            raise ValueError(f"{self.where}.{key} must be a non-empty string")
+            raise ValueError(f"{self.where}.{key}: must be a non-empty string, got {val!r}")
         return val
 
     def integer(self, key: str, default: int, lo: int, hi: int) -> int:
@@ -229,7 +245,7 @@ class _Check:
             return default
         val = self.d[key]
         if isinstance(val, bool) or not isinstance(val, int) or not lo <= val <= hi:
-            raise ValueError(f"{self.where}.{key} must be an integer {lo}..{hi}")
+            raise ValueError(f"{self.where}.{key}: must be an integer {lo}..{hi}, got {val!r}")
         return val
 
     def number(self, key: str, default: float, lo: float, hi: float) -> float:
@@ -237,7 +253,7 @@ class _Check:
             return default
         val = self.d[key]
         if isinstance(val, bool) or not isinstance(val, (int, float)) or not lo <= val <= hi:
-            raise ValueError(f"{self.where}.{key} must be a number {lo:g}..{hi:g}")
+            raise ValueError(f"{self.where}.{key}: must be a number {lo:g}..{hi:g}, got {val!r}")
         return float(val)
 
     def boolean(self, key: str, default: bool) -> bool:
@@ -245,7 +261,7 @@ class _Check:
             return default
         val = self.d[key]
         if not isinstance(val, bool):
-            raise ValueError(f"{self.where}.{key} must be true or false")
+            raise ValueError(f"{self.where}.{key}: must be true or false, got {val!r}")
         return val
 
     def file(self, key: str) -> Optional[str]:
@@ -278,6 +294,17 @@ def check_tls_files(ca_file: Optional[str], cert_file: Optional[str] = None, key
 CommandCallback = Callable[[Dict[str, Any]], None]
 
 
+def _error_text(e: BaseException) -> str:
+    """A connection error in the OS's (or TLS's) words: "Connection refused", "Name or service not known"."""
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return f"TLS certificate verify failed: {e.verify_message or e.reason}"
+    if isinstance(e, ssl.SSLError):
+        return f"TLS handshake failed: {e.reason or e}"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e) or type(e).__name__
+
+
 class Publisher:
     """One MQTT connection per daemon. Thread-safe: call ``publish_*`` from any thread.
 
@@ -289,6 +316,11 @@ class Publisher:
     # After a reconnect, how long to wait for paho to resend what it had in flight before giving
     # up on those and resending from the outbox (duplicates, never loss). Seconds.
     RESEND_WAIT_S = 15.0
+    # Failed connection attempts are logged (mqtt_connect_failed) at the first, at each new reason,
+    # and otherwise after quiet periods that double from FAIL_LOG_S up to FAIL_LOG_MAX_S: paho
+    # retries every reconnect_min_s..reconnect_max_s, and a line per retry would flood the journal.
+    FAIL_LOG_S = 60.0
+    FAIL_LOG_MAX_S = 600.0
 
     def __init__(
         self,
@@ -316,7 +348,15 @@ class Publisher:
         self._acked: List[int] = []
         self._last_sent = 0  # highest seq handed to paho since start or since a resend-all
         self._resend_since: Optional[float] = None
-        self._counts = {"connects": 0, "disconnects": 0, "sent": 0, "acked": 0, "refused": 0, "commands": 0}
+        self._counts = {"connects": 0, "disconnects": 0, "connect_failures": 0, "sent": 0, "acked": 0,
+                        "refused": 0, "commands": 0}
+        # Failed attempts since the last connection (paho's network thread only).
+        self._failed = 0
+        self._offline_since = time.monotonic()
+        self._fail_reasons: set = set()
+        self._fail_logged_at = 0.0
+        self._fail_log_every = self.FAIL_LOG_S
+        self._refused = False  # the broker refused the CONNECT: its on_disconnect is no new failure
         self._connected_once = threading.Event()
         self._gone = threading.Event()
         self._started = time.monotonic()
@@ -353,6 +393,7 @@ class Publisher:
         kw: Dict[str, Any] = {}
         if self.v5:
             kw["clean_start"] = True
+        self._offline_since = time.monotonic()
         self.client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive, **kw)
         self.client.loop_start()
         for target, name in ((self._send_loop, "outbox-sender"), (self._command_loop, "mqtt-commands")):
@@ -558,6 +599,7 @@ class Publisher:
         # Room for the outbox window plus status / discovery / results beside it.
         c.max_inflight_messages_set(cfg.max_inflight + 20)
         c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
         c.on_message = self._on_message
@@ -570,14 +612,71 @@ class Publisher:
             if self._early.pop(info.mid, None) is None:
                 self._direct.add(info.mid)
 
+    @property
+    def _broker(self) -> str:
+        return f"{self.cfg.host}:{self.cfg.port}"
+
+    def _depth(self) -> Optional[int]:
+        try:
+            return self.outbox.depth()
+        except sqlite3.Error:
+            return None  # the outbox is failing: the sender logs that (delivery_paused)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho gives no error to this callback, but calls it inside the ``except OSError`` around
+        # its reconnect() (loop_forever), so the error is the exception being handled.
+        err = sys.exc_info()[1]
+        self._connect_failed(_error_text(err) if err else "unknown error", str(err) if err else None)
+
+    def _connect_failed(self, reason: str, error: Optional[str]) -> None:
+        """Count a failed connection attempt; log it unless the same reason was logged recently."""
+        now = time.monotonic()
+        with self._cv:
+            self._counts["connect_failures"] += 1
+            stopping = self._stopping
+        self._failed += 1
+        if stopping:
+            return
+        new = reason not in self._fail_reasons
+        if not new:
+            if now - self._fail_logged_at < self._fail_log_every:
+                return
+            self._fail_log_every = min(self._fail_log_every * 2, self.FAIL_LOG_MAX_S)
+        self._fail_reasons.add(reason)
+        self._fail_logged_at = now
+        depth = self._depth()
+        offline = now - self._offline_since
+        what = "reconnect" if self._connected_once.is_set() else "connect"
+        if self._failed == 1:
+            log.warning("mqtt: cannot %s to %s: %s; retrying every %g..%g s; %s messages in the outbox", what,
+                        self._broker, reason, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s, depth,
+                        extra=_ev("mqtt_connect_failed", broker=self._broker, reason=reason, error=error,
+                                  failed_attempts=1, offline_s=round(offline, 1), outbox_depth=depth))
+        else:
+            log.warning("mqtt: still cannot %s to %s: %s (%d failed attempts in %.0f s); %s messages in the "
+                        "outbox", what, self._broker, reason, self._failed, offline, depth,
+                        extra=_ev("mqtt_connect_failed", broker=self._broker, reason=reason, error=error,
+                                  failed_attempts=self._failed, offline_s=round(offline, 1), outbox_depth=depth))
+
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
             # e.g. "Not authorized" / "Bad user name or password": paho keeps retrying with backoff.
-            log.error("mqtt: broker %s:%d refused the connection: %s", self.cfg.host, self.cfg.port, reason,
-                      extra=_ev("mqtt_refused", broker=f"{self.cfg.host}:{self.cfg.port}", reason=str(reason)))
+            self._refused = True
+            self._failed += 1
+            with self._cv:
+                self._counts["connect_failures"] += 1
+            log.error("mqtt: broker %s refused the connection: %s", self._broker, reason,
+                      extra=_ev("mqtt_refused", broker=self._broker, reason=str(reason)))
             return
-        log.info("mqtt: connected to %s:%d", self.cfg.host, self.cfg.port,
-                 extra=_ev("mqtt_connected", broker=f"{self.cfg.host}:{self.cfg.port}"))
+        failed, offline = self._failed, time.monotonic() - self._offline_since
+        self._failed, self._fail_reasons, self._fail_log_every = 0, set(), self.FAIL_LOG_S
+        if failed:
+            log.info("mqtt: connected to %s after %d failed attempts in %.0f s", self._broker, failed, offline,
+                     extra=_ev("mqtt_connected", broker=self._broker, failed_attempts=failed,
+                               offline_s=round(offline, 1)))
+        else:
+            log.info("mqtt: connected to %s", self._broker,
+                     extra=_ev("mqtt_connected", broker=self._broker, failed_attempts=0, offline_s=round(offline, 1)))
         self._publish_direct(self.status_topic, b"online", qos=1, retain=True)
         client.subscribe(self.cmd_topic, qos=1)
         self.publish_discovery()
@@ -598,12 +697,35 @@ class Publisher:
             if was:
                 self._counts["disconnects"] += 1
             self._cv.notify_all()
+            stopping = self._stopping
+        # The socket error paho logged just before (see _QuietPahoNoise), or the one it is handling
+        # (a failed PINGREQ send); paho itself only passes "Unspecified error" for a lost connection.
         error = _QuietPahoNoise.socket_errors.pop(threading.get_ident(), None)
-        if was and not self._stopping:
-            depth = self.outbox.depth()
-            why = f"{reason}: {error}" if error else str(reason)
-            log.warning("mqtt: disconnected (%s); %d messages in the outbox", why, depth,
-                        extra=_ev("mqtt_disconnected", reason=str(reason), error=error, outbox_depth=depth))
+        if error is None and sys.exc_info()[1] is not None:
+            error = str(sys.exc_info()[1]) or type(sys.exc_info()[1]).__name__
+        refused, self._refused = self._refused, False
+        if getattr(flags, "is_disconnect_packet_from_server", False):
+            # An MQTT 5 DISCONNECT from the broker: "Server shutting down", "Session taken over" ...
+            why = f"the broker disconnected us ({reason})"
+            error = error or (str(reason) if getattr(reason, "is_failure", False) else None)
+        elif str(reason) == "Keep alive timeout":
+            why = f"no reply from the broker within the keepalive ({self.cfg.keepalive} s)"
+            error = error or "keepalive timeout"
+        elif error:
+            why = "connection lost"
+        else:
+            why = "the broker closed the connection"  # end of stream: no error on this side
+        if stopping or (refused and not was):
+            return  # a refused CONNECT is logged as mqtt_refused
+        if not was:
+            # Closed before CONNACK (not an MQTT broker, a TLS port spoken to in plain TCP ...).
+            self._connect_failed("the connection closed before the broker answered CONNECT", error)
+            return
+        self._offline_since = time.monotonic()
+        depth = self._depth()
+        log.warning("mqtt: disconnected from %s: %s%s; %s messages in the outbox", self._broker, why,
+                    f" ({error})" if error and why == "connection lost" else "", depth,
+                    extra=_ev("mqtt_disconnected", broker=self._broker, reason=why, error=error, outbox_depth=depth))
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
         refused = reason is not None and getattr(reason, "is_failure", False)

@@ -58,6 +58,7 @@ poll_interval = 0.05
     time.sleep(4.0)
     assert not fed.is_set()
     d.kill()  # SIGKILL mid-run, with a backlog in the outbox and files half-way through
+    first = d
     d = DaemonProc(cfg, tmp_path / "daemon2.log")
     restarted = d.wait_for(lambda x: x.get("event") == "started")
     assert restarted["outbox_depth"] > 0  # the kill really left undelivered events behind
@@ -84,3 +85,14 @@ poll_interval = 0.05
     # Through the outage, every warning and error line says what happened in its "event" key.
     unnamed = [x["msg"] for x in d.lines() if x.get("level") in ("warning", "error") and "event" not in x]
     assert unnamed == [] and any(x.get("event") == "mqtt_connected" for x in d.lines())
+    # The outage in words: why the connection went, ...
+    (gone,) = [x for x in first.lines() if x.get("event") == "mqtt_disconnected"]
+    assert gone["reason"] in ("the broker closed the connection", "connection lost"), gone
+    assert "Unspecified error" not in gone["msg"]
+    # ... that the restarted daemon could not connect (once, not on each of its ~15 retries), ...
+    fails = [x for x in d.lines() if x.get("event") == "mqtt_connect_failed"]
+    assert 1 <= len(fails) <= 2 and fails[0]["reason"] == "Connection refused", [x["msg"] for x in fails]
+    assert fails[0]["level"] == "warning" and fails[0]["outbox_depth"] > 0
+    # ... and after how many failed attempts it got through.
+    (up,) = [x for x in d.lines() if x.get("event") == "mqtt_connected"]
+    assert up["failed_attempts"] >= 5 and f"after {up['failed_attempts']} failed attempts" in up["msg"], up

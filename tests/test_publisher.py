@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -293,32 +294,164 @@ def test_config_validation_errors(tmp_path):
     notes = tmp_path / "notes.pem"
     notes.write_text("x")
     bad = [
-        ({"port": 0}, "mqtt.port must be an integer 1..65535"),
-        ({"port": "1883"}, "mqtt.port must be an integer 1..65535"),
-        ({"protocol": "4"}, "mqtt.protocol must be"),
+        ({"port": 0}, "mqtt.port: must be an integer 1..65535, got 0"),
+        ({"port": "1883"}, "mqtt.port: must be an integer 1..65535, got '1883'"),
+        ({"protocol": "4"}, "mqtt.protocol: must be"),
         ({"hots": "x"}, "mqtt.hots: unknown key (known: "),
-        ({"qos": 0}, "mqtt.qos must be an integer 1..2"),
-        ({"keepalive": True}, "mqtt.keepalive must be an integer"),
+        ({"qos": 0}, "mqtt.qos: must be an integer 1..2"),
+        ({"keepalive": True}, "mqtt.keepalive: must be an integer"),
+        ({"discovery": "yes"}, "mqtt.discovery: must be true or false"),
+        ({"reconnect_min_s": "1"}, "mqtt.reconnect_min_s: must be a number"),
+        ({"reconnect_min_s": 5, "reconnect_max_s": 1}, "mqtt.reconnect_min_s: must be <= mqtt.reconnect_max_s"),
+        ({"host": ""}, "mqtt.host: must be a non-empty string"),
+        ({"tls": 3}, "mqtt.tls: must be a table"),
         ({"tls": {"ca_file": str(tmp_path / "nope.pem")}}, "mqtt.tls.ca_file: no such file"),
         # Loaded here, so check-config finds it rather than an ssl traceback when the client is made.
         ({"tls": {"ca_file": str(notes)}}, f"mqtt.tls: CA file {notes}: not usable for TLS"),
-        ({"tls": {"cert_file": str(ca)}}, "mqtt.tls.cert_file and mqtt.tls.key_file must be given together"),
+        ({"tls": {"cert_file": str(ca)}}, "mqtt.tls.key_file: must be given with mqtt.tls.cert_file"),
         ({"tls": {"verify": False}}, "mqtt.tls.verify: unknown key (known: "),
-        ({"password_env": "X"}, "mqtt.username is required"),
-        ({"username": "u", "password_env": "X", "password_file": str(ca)}, "are exclusive"),
+        ({"password_env": "X"}, "mqtt.username: must be given when a password is configured"),
+        ({"username": "u", "password_env": "X", "password_file": str(ca)},
+         "mqtt.password_env: must not be given with mqtt.password_file"),
         ({"username": "u", "password_file": str(tmp_path / "missing")}, "mqtt.password_file: no such file"),
-        ({"topic_prefix": "a/+/b"}, "mqtt.topic_prefix"),
+        ({"topic_prefix": "a/+/b"}, "mqtt.topic_prefix: must be a topic"),
     ]
     for d, msg in bad:
         with pytest.raises(ValueError) as e:
             MqttConfig.from_dict(d)
         assert msg in str(e.value), (d, str(e.value))
         assert "\n" not in str(e.value)
-    with pytest.raises(ValueError, match=r"^daemon.toml: mqtt\.port"):
+        # The same "key: what is wrong" form as every other table's messages.
+        assert re.match(r"mqtt(\.[a-z_]+)+: ", str(e.value)), str(e.value)
+    with pytest.raises(ValueError, match=r"^daemon.toml: mqtt\.port: "):
         MqttConfig.from_dict({"port": 70000}, where="daemon.toml: mqtt")
     env = MqttConfig.from_dict({"username": "u", "password_env": "EDGE_DETECT_TEST_UNSET_PW"})
     with pytest.raises(ValueError, match="EDGE_DETECT_TEST_UNSET_PW is not set"):
         env.password()
+
+
+def test_unknown_keys_do_not_hide_the_other_problems(tmp_path):
+    from edge_detect.config import load_config
+    from edge_detect.validate import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        MqttConfig.from_dict({"kepalive": 1, "port": 188830, "tls": {"verify": False}})
+    assert [m.split(" (known: ")[0] for m in e.value.errors] == [
+        "mqtt.kepalive: unknown key", "mqtt.tls.verify: unknown key",
+        "mqtt.port: must be an integer 1..65535, got 188830"], e.value.errors
+    # The same through the daemon's config file (one check-config run shows all three).
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text('[device]\nid = "d"\n[model]\nbundle = "b"\n[[cameras]]\nname = "c"\n[cameras.source]\n'
+                   'type = "directory"\npath = "/srv/c"\n[mqtt]\nkepalive = 1\nport = 188830\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg)
+    assert [m.split(" (known: ")[0] for m in e.value.errors] == [
+        "mqtt.kepalive: unknown key", "mqtt.port: must be an integer 1..65535, got 188830"], e.value.errors
+
+
+def _events(caplog, name):
+    return [r for r in caplog.records if getattr(r, "fields", {}).get("event") == name]
+
+
+def test_failed_connection_attempts_are_logged_not_on_every_retry(tmp_path, caplog, monkeypatch):
+    """A wrong broker (nothing listens on its port) is visible in the log with its reason, once and then
+    again only after a quiet period, not on every retry; the connected line counts the failures."""
+    from edge_detect.broker import Mosquitto, free_port
+
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(Publisher, "FAIL_LOG_S", 1.0)  # 60 s in the daemon: seconds here
+    broker = Mosquitto(tmp_path / "late", port=free_port())  # not started: the port refuses
+    cfg = MqttConfig.from_dict({"host": broker.host, "port": broker.port, "reconnect_min_s": 0.1,
+                                "reconnect_max_s": 0.2, "discovery": False})
+    pub = Publisher(cfg, "dev1", Outbox(tmp_path / "ob.sqlite"))
+    pub.publish_event(make_event(0))
+    pub.start()
+    try:
+        deadline = time.monotonic() + 10
+        while pub.stats()["connect_failures"] < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pub.stats()["connect_failures"] >= 10 and not pub.connected
+        fails = _events(caplog, "mqtt_connect_failed")
+        # t=0, then once after the 1 s quiet period; the next waits 2 s (doubling).
+        assert 2 <= len(fails) <= 3, [r.getMessage() for r in fails]
+        first, again = fails[0], fails[1]
+        assert first.levelno == logging.WARNING and first.fields["reason"] == "Connection refused"
+        assert first.fields["failed_attempts"] == 1 and first.fields["outbox_depth"] == 1
+        assert first.getMessage().startswith(f"mqtt: cannot connect to {broker.url}: Connection refused")
+        assert again.fields["failed_attempts"] > 2 and "still cannot connect" in again.getMessage()
+        assert f"{again.fields['failed_attempts']} failed attempts in " in again.getMessage()
+
+        broker.start()
+        assert pub.wait_connected(5)
+        failed = pub.stats()["connect_failures"]
+        (up,) = _events(caplog, "mqtt_connected")
+        assert up.fields["failed_attempts"] == failed
+        assert f"mqtt: connected to {broker.url} after {failed} failed attempts in " in up.getMessage()
+        assert pub.flush(5)
+    finally:
+        pub.stop()
+        broker.close()
+
+
+def test_broker_stop_and_non_mqtt_server_are_logged_in_words(mosquitto, tmp_path, caplog):
+    import socket
+
+    caplog.set_level(logging.INFO)
+    pub = publisher(mosquitto, tmp_path)
+    pub.start()
+    try:
+        assert pub.wait_connected(5) and pub.flush(5)
+        time.sleep(0.2)  # the broker has read everything: it closes the connection rather than reset it
+        mosquitto.stop()
+        deadline = time.monotonic() + 5
+        while not _events(caplog, "mqtt_connect_failed") and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        pub.stop(clean=False)
+    (gone,) = _events(caplog, "mqtt_disconnected")
+    # Was "disconnected (Unspecified error)" with error null. A stopping Mosquitto closes the socket
+    # (end of stream: no error), or resets it when it had unread data (the reset is the error).
+    assert "Unspecified error" not in gone.getMessage()
+    if gone.fields["reason"] == "connection lost":
+        assert "Connection reset by peer" in gone.fields["error"], gone.fields
+        assert gone.getMessage().endswith("connection lost ([Errno 104] Connection reset by peer); 0 messages in "
+                                          "the outbox")
+    else:
+        assert gone.fields["reason"] == "the broker closed the connection" and gone.fields["error"] is None
+        assert gone.getMessage().endswith("the broker closed the connection; 0 messages in the outbox")
+    (retry,) = _events(caplog, "mqtt_connect_failed")
+    assert retry.getMessage().startswith(f"mqtt: cannot reconnect to {mosquitto.url}: Connection refused")
+
+    # Something listens but is no MQTT broker: it closes the connection before any CONNACK.
+    caplog.clear()
+    srv = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve():
+        srv.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                srv.accept()[0].close()
+            except OSError:
+                pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    cfg = MqttConfig.from_dict({"host": "127.0.0.1", "port": srv.getsockname()[1], "reconnect_min_s": 0.1,
+                                "reconnect_max_s": 0.2})
+    other = Publisher(cfg, "dev1", Outbox(tmp_path / "other.sqlite"))
+    other.start()
+    try:
+        deadline = time.monotonic() + 5
+        while other.stats()["connect_failures"] < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        other.stop(clean=False)
+        stop.set()
+        srv.close()
+    fails = _events(caplog, "mqtt_connect_failed")
+    assert other.stats()["connect_failures"] >= 5 and len(fails) == 1, [r.getMessage() for r in fails]
+    assert fails[0].fields["reason"] == "the connection closed before the broker answered CONNECT"
+    assert not _events(caplog, "mqtt_disconnected")
 
 
 def test_password_auth_and_never_logged(tmp_path, caplog):
@@ -452,4 +585,5 @@ def test_connection_reset_is_one_line_with_its_reason(mosquitto, tmp_path, caplo
         proxy.close()
     gone = [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "mqtt_disconnected"]
     assert len(gone) == 1 and "Connection reset by peer" in gone[0].fields["error"], caplog.text
+    assert gone[0].fields["reason"] == "connection lost" and "Unspecified error" not in gone[0].getMessage()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "event" not in getattr(r, "fields", {})]
