@@ -178,7 +178,7 @@ def test_error_empty_dataset(tmp_path):
     assert "no training images" in line and not (tmp_path / "r").exists()
 
 
-def test_error_bad_roi(data, tmp_path):
+def test_error_bad_roi(data, tmp_path, caplog):
     ok, _ = data
     assert "--roi" in _one_line_error(CliRunner().invoke(main, ["fit", str(ok), "--out", str(tmp_path / "r"),
                                                                 "--roi", "1,2,3"]))
@@ -189,6 +189,7 @@ def test_error_bad_roi(data, tmp_path):
     assert line.startswith("error: --roi: roi (0, 0, 500, 500) lies outside the 24x24 px image (")
     assert line.endswith("and in the 9 train images before it: check the crop against the image size")
     assert not (tmp_path / "r").exists()
+    assert not [r for r in caplog.records if "skipped" in r.getMessage()]  # the misses are the error, not files
 
 
 def test_error_even_smooth(data, tmp_path):

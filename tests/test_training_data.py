@@ -377,3 +377,22 @@ def test_progress_bars_only_on_a_terminal(monkeypatch):
     assert tqdm_class() is None  # a log file would fill with carriage-return redraws
     monkeypatch.setattr("sys.stderr", Terminal())
     assert tqdm_class() is not None
+
+
+def test_roi_check_fails_only_when_the_crop_fits_none_of_the_first_images(tmp_path):
+    from edge_detect.preprocess import Preprocess
+    from training.data import ROI_MISSES, DataError, Item, load_items
+
+    def save(name, size):
+        Image.fromarray(np.full((size, size), 128, np.uint8)).save(tmp_path / name)
+        return Item(str(tmp_path / name))
+
+    pre = Preprocess(size=(8, 8), roi=(0, 0, 20, 20))
+    # Three small frames, then ones the crop fits: those three are bad files, skipped and named.
+    items = [save(f"s{i}.png", 10) for i in range(3)] + [save(f"b{i}.png", 32) for i in range(2)]
+    x, kept, skipped = load_items(items, pre, "train", roi_check=True)
+    assert len(x) == 2 and kept == [3, 4] and sorted(skipped) == sorted(str(tmp_path / f"s{i}.png") for i in range(3))
+    small = [save(f"t{i}.png", 10) for i in range(ROI_MISSES)]
+    with pytest.raises(DataError, match=r"^--roi: roi \(0, 0, 20, 20\) lies outside the 10x10 px image"):
+        load_items(small, pre, "train", roi_check=True)
+    assert len(load_items(small, pre, "aux")[2]) == ROI_MISSES  # other splits: skipped, as any bad file

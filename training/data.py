@@ -460,15 +460,18 @@ def _pixels(item: Item) -> Any:
     return item.source
 
 
-def load_items(items: Sequence[Item], pre: Preprocess, desc: str = "") -> Tuple[np.ndarray, List[int], List[str]]:
+def load_items(items: Sequence[Item], pre: Preprocess, desc: str = "",
+               roi_check: bool = False) -> Tuple[np.ndarray, List[int], List[str]]:
     """Preprocess items into (N, H, W, C); bad files are skipped with a warning naming each one.
 
+    roi_check: a crop that misses the first ROI_MISSES images, before any fits, is a DataError
+    naming --roi (the training split's images are what the user's --roi was meant for).
     Returns the array, the indices of the items kept and the skipped file names.
     """
     out = np.empty((len(items), *pre.shape), np.float32)
     kept: List[int] = []
     skipped: List[str] = []
-    roi_misses = 0
+    missed: List[Tuple[str, str]] = []  # crop misses held back while they may still be a wrong --roi
     for i, it in enumerate(_progress(items, desc)):
         if not _image_item(it):
             why = _unlistable.get(it.source) or (
@@ -478,18 +481,24 @@ def load_items(items: Sequence[Item], pre: Preprocess, desc: str = "") -> Tuple[
         try:
             out[len(kept)] = pre(_pixels(it))
         except RoiError as e:
-            roi_misses += 1
-            if not kept and roi_misses >= ROI_MISSES:
+            if not (roi_check and not kept):
+                _skip(skipped, it.source, str(e))
+                continue
+            missed.append((it.source, str(e)))
+            if len(missed) >= ROI_MISSES:
                 # A crop that fits none of the first images is a wrong --roi, not a folder of bad files.
-                split = f"{desc} " if desc else ""
-                raise DataError(printable(f"--roi: {e} ({it.source}), and in the {roi_misses - 1} {split}images "
+                raise DataError(printable(f"--roi: {e} ({it.source}), and in the {len(missed) - 1} {desc} images "
                                           "before it: check the crop against the image size")) from None
-            _skip(skipped, it.source, str(e))
             continue
         except ImageError as e:
             _skip(skipped, it.source, str(e))
             continue
         kept.append(i)
+        for source, why in missed:  # a crop that fits some images: those it missed are bad files after all
+            _skip(skipped, source, why)
+        missed.clear()
+    for source, why in missed:
+        _skip(skipped, source, why)
     return out[: len(kept)], kept, skipped
 
 
@@ -618,7 +627,7 @@ def rebuild_splits(spec: Dict[str, Any], pre: Preprocess, with_test: bool = True
     with_train=False: leave the training images unread (evaluation needs none): x_train is empty.
     """
     parts = split_items(spec)
-    x_train, kept_tr, skip_tr = load_items(parts["train"] if with_train else [], pre, "train")
+    x_train, kept_tr, skip_tr = load_items(parts["train"] if with_train else [], pre, "train", roi_check=True)
     x_val, _, skip_val = load_items(parts["val"], pre, "validation")
     test_items = parts["test"] if with_test else []
     x_test, kept_te, skip_te = load_items(test_items, pre, "test")
