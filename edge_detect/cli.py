@@ -244,8 +244,9 @@ def health(config_path: str, timeout: float) -> None:
     """Ask the running daemon for a fresh stats report over its broker; print one JSON line.
 
     The line has online, model (name, version, sha256, variant) and reloads (ok, failed,
-    last_error). Exit 0 when the daemon answered, 1 when it did not within --timeout, 2 when the
-    config is invalid or the broker cannot be reached (one error line).
+    last_error). Exit 0 when the daemon answered, 1 when it did not within --timeout (a broker
+    that refuses the login included), 2 when the config is invalid or the broker cannot be reached
+    (one error line).
     """
     from .config import load_config
     from .health import query_health, summarize
@@ -331,7 +332,7 @@ def bundle_list(store: str) -> None:
     from .update import BundleStore
 
     if not os.path.isdir(store):  # a mistyped --store would otherwise read as an empty one
-        raise UserError(f"store {store}: no such directory (nothing installed yet, or another --store)")
+        raise UserError(f"--store {store}: no such directory (nothing installed yet, or another --store)")
     s = BundleStore(store)
     try:
         click.echo(json.dumps({"current": s.current(), "previous": s.previous(), "versions": s.versions()}))

@@ -312,7 +312,7 @@ def path_warnings(cfg: Config) -> List[str]:
     Warnings, not errors: a config is often checked on a workstation before it is deployed. URLs
     are not checked, and of the bundle only the manifest is read (the daemon hashes the files).
     """
-    from .bundle import BundleError, read_manifest
+    from .bundle import Bundle, BundleError, read_manifest
 
     out = []
     try:
@@ -320,7 +320,9 @@ def path_warnings(cfg: Config) -> List[str]:
     except BundleError as e:  # its message starts with the path
         out.append(f"model.bundle: {first_line(e)}")
     else:
-        out += _threshold_warnings(cfg.cameras, manifest)
+        bundle = Bundle(Path(cfg.model.bundle), manifest)
+        variant = cfg.model.variant if cfg.model.variant in bundle.variants else bundle.default_variant()
+        out += _threshold_warnings(cfg.cameras, bundle.calibration(variant).get("threshold"))
     for key, path, kind in _source_paths(cfg.cameras):
         why = _path_problem(path, kind)
         if why:
@@ -328,17 +330,15 @@ def path_warnings(cfg: Config) -> List[str]:
     return out
 
 
-def _threshold_warnings(cameras: Sequence[CameraConfig], manifest: Dict[str, Any]) -> List[str]:
-    """Camera thresholds 10x or more away from the bundle's calibrated one: most likely copied from
-    another model's config, since every model scores in its own units."""
-    variant = (manifest.get("variants") or {}).get(manifest.get("default_variant")) or {}
-    own = (variant.get("calibration") or manifest.get("calibration") or {}).get("threshold")
-    if not isinstance(own, (int, float)) or own <= 0:
+def _threshold_warnings(cameras: Sequence[CameraConfig], own: Any) -> List[str]:
+    """Camera thresholds 10x or more away from the bundle's calibrated ``own``: most likely copied
+    from another model's config, since every model scores in its own units."""
+    if isinstance(own, bool) or not isinstance(own, (int, float)) or own <= 0:
         return []
     return [f"cameras[{i}].threshold: {c.threshold:g} is {c.threshold / own:.3g}x the bundle's calibrated "
             f"{own:.4g} (scores are in each model's own units; leave it out to use the bundle's)"
             for i, c in enumerate(cameras)
-            if c.threshold is not None and not own / 10 <= c.threshold <= own * 10]
+            if c.threshold is not None and not own / 10 < c.threshold < own * 10]
 
 
 def _source_paths(cameras: Sequence[CameraConfig]) -> Iterator[Tuple[str, str, str]]:

@@ -148,6 +148,9 @@ class CameraWorker:
         # camera sets its own stall_timeout.
         self.stall_timeout = cam.stall_timeout or (None if cam.source_type == "directory"
                                                     else cfg.health.stall_timeout)
+        if self.stall_timeout is None:  # said once: earlier versions applied health.stall_timeout here too
+            log.info("camera %s: no stall check on a watched directory (set the camera's stall_timeout for one)",
+                     cam.name, extra=_ev("stall_check_off", camera=cam.name))
         self.backoff_min, self.backoff_max = cfg.health.reconnect_min, cfg.health.reconnect_max
         # Directory files wait on disk when the model is busy; a stream drops its oldest frame.
         self.block = cam.source_type == "directory"
@@ -203,7 +206,9 @@ class CameraWorker:
                 self.stats.reconnects += 1
 
     def _check_stall(self) -> None:
-        if self.stall_timeout is None or self.interval is None and not self._waiting:
+        if self.stall_timeout is None:
+            return  # a watched directory without its own stall_timeout: quiet is normal there
+        if self.interval is None and not self._waiting:
             return  # an mqtt-triggered camera is only late while a capture is asked for
         since = self.stats.last_frame if self.stats.last_frame is not None else self._started
         if not self.stats.stalled and time.monotonic() - max(since, self._started) > self.stall_timeout:

@@ -16,6 +16,7 @@ import numpy as np
 
 from .bundle import Bundle, BundleError, load_bundle
 from .delegates import DelegateConfig
+from .logs import event as _ev
 from .oneline import first_line
 from .preprocess import ImageSource, Preprocess
 from .runtime import AcceleratorRequired, TensorSpec, TFLiteModel
@@ -123,7 +124,8 @@ class Detector:
         check_tensors(self.model, self.variant, self.bundle.variants[self.variant], str(self.bundle.path))
         if failed := _parity_failures(self.bundle, self.variant):
             log.warning("%s: variant %s failed the export parity gate (%s): its decisions may differ from float32's",
-                        self.bundle.path, self.variant, failed[0])
+                        self.bundle.path, self.variant, failed[0],
+                        extra=_ev("variant_degraded", variant=self.variant, failure=failed[0]))
         self.preprocess: Preprocess = self.bundle.preprocess
         if roi is not None:
             self.preprocess = self.preprocess.with_roi(roi)

@@ -616,12 +616,6 @@ class Publisher:
     def _broker(self) -> str:
         return f"{self.cfg.host}:{self.cfg.port}"
 
-    def _depth(self) -> Optional[int]:
-        try:
-            return self.outbox.depth()
-        except sqlite3.Error:
-            return None  # the outbox is failing: the sender logs that (delivery_paused)
-
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         # paho gives no error to this callback, but calls it inside the ``except OSError`` around
         # its reconnect() (loop_forever), so the error is the exception being handled.
@@ -644,7 +638,7 @@ class Publisher:
             self._fail_log_every = min(self._fail_log_every * 2, self.FAIL_LOG_MAX_S)
         self._fail_reasons.add(reason)
         self._fail_logged_at = now
-        depth = self._depth()
+        depth = self.outbox.depth()
         offline = now - self._offline_since
         what = "reconnect" if self._connected_once.is_set() else "connect"
         if self._failed == 1:
@@ -713,8 +707,10 @@ class Publisher:
             error = error or "keepalive timeout"
         elif error:
             why = "connection lost"
-        else:
+        elif str(reason) == "Unspecified error":
             why = "the broker closed the connection"  # end of stream: no error on this side
+        else:  # e.g. a protocol error paho found in what the broker sent
+            why, error = f"connection lost ({reason})", str(reason)
         if stopping or (refused and not was):
             return  # a refused CONNECT is logged as mqtt_refused
         if not was:
@@ -722,7 +718,7 @@ class Publisher:
             self._connect_failed("the connection closed before the broker answered CONNECT", error)
             return
         self._offline_since = time.monotonic()
-        depth = self._depth()
+        depth = self.outbox.depth()
         log.warning("mqtt: disconnected from %s: %s%s; %s messages in the outbox", self._broker, why,
                     f" ({error})" if error and why == "connection lost" else "", depth,
                     extra=_ev("mqtt_disconnected", broker=self._broker, reason=why, error=error, outbox_depth=depth))

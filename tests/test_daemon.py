@@ -511,8 +511,11 @@ def test_commands_heatmaps_and_quiet_folders_say_what_they_do(tmp_path, mosquitt
     demo = Path(edge_detect.__file__).parent / "data" / "demo" / "bundle"
     inbox = tmp_path / "in"
     inbox.mkdir()
+    side = tmp_path / "side"
+    side.mkdir()
     cfg = write_config(tmp_path / "edge.toml", device="dev9", bundle=demo, broker=mosquitto,
-                       outbox=tmp_path / "outbox.sqlite", cameras=_dir_camera("front", inbox, heatmap=True))
+                       outbox=tmp_path / "outbox.sqlite",
+                       cameras=_dir_camera("front", inbox, heatmap=True) + _dir_camera("side", side, stall_timeout=0.5))
     sub = Subscriber(mosquitto, ["edge-detect/dev9/cmd/result"], client_id="cmd-results")
     assert sub.subscribed.wait(5)
     d = DaemonProc(cfg, tmp_path / "daemon.log")
@@ -532,5 +535,6 @@ def test_commands_heatmaps_and_quiet_folders_say_what_they_do(tmp_path, mosquitt
     results = {r["id"]: r for r in map(json.loads, sub.payloads("/cmd/result"))}
     assert results["c0"]["ok"] is False and "camera 'front' is not mqtt-triggered" in results["c0"]["detail"]
     assert results["c1"]["ok"] is False and results["c1"]["detail"] == "no mqtt-triggered camera"
-    # A watched folder waits for parts: quiet there is not a stalled camera.
-    assert not [x for x in d.lines() if x.get("event") == "camera_stalled"]
+    # A watched folder waits for parts: quiet there is not a stalled camera, unless the camera sets
+    # its own stall_timeout, for a line that should never be quiet that long.
+    assert [x["camera"] for x in d.lines() if x.get("event") == "camera_stalled"] == ["side"]

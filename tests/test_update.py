@@ -217,7 +217,7 @@ def test_cli_bad_keys_archives_and_options_are_one_line_exit_2(tiny_bundle, tmp_
          f"--trusted-key: {notes}: not a PEM public key"),
         (device_cli, ["bundle", "install", archive, "--store", str(notes / "s")], f"cannot install into {notes / 's'}"),
         (device_cli, ["bundle", "list", "--store", str(odd_store)], f"{odd_store / 'current'} is not a symlink"),
-        (device_cli, ["bundle", "list", "--store", str(tmp_path / "stroe")], f"store {tmp_path / 'stroe'}: no such"),
+        (device_cli, ["bundle", "list", "--store", str(tmp_path / "stroe")], f"--store {tmp_path / 'stroe'}: no such"),
     ]
     for cli, args, message in cases:
         r = CliRunner().invoke(cli, args)

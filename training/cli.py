@@ -75,7 +75,7 @@ def _data_options(f):
         click.option("--anomalies", type=click.Path(), help="Folder of anomalous images (folders layout)."),
         click.option("--normal-classes", help="Comma-separated normal classes (class folders or IDX labels)."),
         click.option("--val-fraction", type=click.FloatRange(0.01, 0.9), default=0.1, show_default=True,
-                     help="Share of normal training images held out for calibration."),
+                     help="Share of all the normal images held out for calibration (as --test-fraction is)."),
         click.option("--test-fraction", type=click.FloatRange(0.0, 0.9), default=0.2, show_default=True,
                      help="Share of normals held out as test normals when DATA has no test normals."),
         click.option("--calib-anomaly-fraction", type=click.FloatRange(0.0, 0.9), default=None,

@@ -524,7 +524,7 @@ def variant_references(
 
 
 def replaced_bundle(out: Path) -> Optional[str]:
-    """"NAME VERSION" of the bundle that ``out`` holds, None if ``out`` is new or empty.
+    """"bundle NAME VERSION" (or "a damaged bundle") that ``out`` holds, None if ``out`` is new or empty.
 
     Raises ExportError if ``out`` holds anything else: the export replaces the whole folder.
     """
@@ -693,7 +693,8 @@ def export_bundle(
             # A device without a --variant or an accelerator runs the default: keep the reference there.
             manifest["default_variant"] = "float32"
             warnings.append(f"the default variant is float32, because {default} failed the parity gate; a device "
-                            f"runs {default} only when asked (score --variant {default}, or model.variant)")
+                            f"runs a failed variant only when asked (--variant, model.variant) or when its "
+                            "accelerator picks it (int8_io, int8_edgetpu), and then logs a warning")
         manifest["export"] = {
             "quant": quant,
             "variants": list(variants),

@@ -26,7 +26,7 @@ import click
 from edge_detect.errors import UserError
 from edge_detect.oneline import os_error
 
-from .export import QUANT_CHOICES, DataSplits, ExportError, ExportSpec, ParityError, export_bundle
+from .export import QUANT_CHOICES, DataSplits, ExportError, ExportSpec, ParityError, export_bundle, replaced_bundle
 
 
 def _field(obj: Any, name: str, default: Any = None) -> Any:
@@ -151,6 +151,7 @@ def export_command(run_dir: Path, out: Path, quant: str, name: Optional[str], mo
     if out.resolve() == run_dir.resolve():
         raise UserError("--out must not be the run directory")
     try:
+        replaced_bundle(out)  # before the model and the data load: a wrong --out fails at once
         spec, data = inputs_from_run(run_dir, name, model_version)
         if rep_synthetic is None:
             rep_synthetic = 0.25 if spec.family == "metric" else 0.0
