@@ -622,6 +622,17 @@ class Publisher:
         err = sys.exc_info()[1]
         self._connect_failed(_error_text(err) if err else "unknown error", str(err) if err else None)
 
+    def _log_due(self, reason: str, now: float) -> bool:
+        """Whether a failed attempt is logged: the first of each reason, then after quiet periods
+        that double from FAIL_LOG_S (paho's network thread only)."""
+        if reason in self._fail_reasons:
+            if now - self._fail_logged_at < self._fail_log_every:
+                return False
+            self._fail_log_every = min(self._fail_log_every * 2, self.FAIL_LOG_MAX_S)
+        self._fail_reasons.add(reason)
+        self._fail_logged_at = now
+        return True
+
     def _connect_failed(self, reason: str, error: Optional[str]) -> None:
         """Count a failed connection attempt; log it unless the same reason was logged recently."""
         now = time.monotonic()
@@ -629,15 +640,8 @@ class Publisher:
             self._counts["connect_failures"] += 1
             stopping = self._stopping
         self._failed += 1
-        if stopping:
+        if stopping or not self._log_due(reason, now):
             return
-        new = reason not in self._fail_reasons
-        if not new:
-            if now - self._fail_logged_at < self._fail_log_every:
-                return
-            self._fail_log_every = min(self._fail_log_every * 2, self.FAIL_LOG_MAX_S)
-        self._fail_reasons.add(reason)
-        self._fail_logged_at = now
         depth = self.outbox.depth()
         offline = now - self._offline_since
         what = "reconnect" if self._connected_once.is_set() else "connect"
@@ -659,8 +663,10 @@ class Publisher:
             self._failed += 1
             with self._cv:
                 self._counts["connect_failures"] += 1
-            log.error("mqtt: broker %s refused the connection: %s", self._broker, reason,
-                      extra=_ev("mqtt_refused", broker=self._broker, reason=str(reason)))
+            if self._log_due(f"refused: {reason}", time.monotonic()):  # a wrong password retries for ever
+                log.error("mqtt: broker %s refused the connection: %s (%d failed attempts)", self._broker, reason,
+                          self._failed, extra=_ev("mqtt_refused", broker=self._broker, reason=str(reason),
+                                                  failed_attempts=self._failed))
             return
         failed, offline = self._failed, time.monotonic() - self._offline_since
         self._failed, self._fail_reasons, self._fail_log_every = 0, set(), self.FAIL_LOG_S

@@ -481,11 +481,14 @@ def test_password_auth_and_never_logged(tmp_path, caplog):
                               Outbox(tmp_path / "ob2.sqlite"))
             wrong.start()
             assert not wrong.wait_connected(1.5)
+            refusals = wrong.stats()["connect_failures"]
             wrong.stop(clean=False)
         finally:
             del os.environ["EDGE_DETECT_TEST_PW"]
         text = caplog.text
         assert "refused the connection" in text  # the bad password is reported, in one line ...
+        # ... once, while paho retries it every 0.2..1 s
+        assert refusals >= 2 and len(_events(caplog, "mqtt_refused")) == 1
         assert secret not in text  # ... and neither password appears anywhere in the logs
         assert "connected to" in text and "CONNECT" in text  # the debug log did run (paho packets)
     finally:
