@@ -126,8 +126,6 @@ class MqttConfig:
             unknown += unknown_keys(d["tls"], TlsConfig.__dataclass_fields__, f"{where}.tls")
         try:
             cfg = cls._build(d, where)
-        except ConfigError as e:
-            raise ConfigError(unknown + e.errors) from None
         except ValueError as e:
             # Unknown keys are ignored here, so the value problems are found in the same run.
             raise ConfigError([*unknown, str(e)]) from None

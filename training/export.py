@@ -16,7 +16,6 @@ scored through :class:`edge_detect.detector.Detector`, i.e. the device's own cod
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import re
@@ -31,7 +30,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 import numpy as np
 
-from edge_detect.bundle import Bundle, pack, write_bundle
+from edge_detect.bundle import MANIFEST, Bundle, BundleError, pack, read_manifest, write_bundle
 from edge_detect.detector import Detector
 from edge_detect.preprocess import Preprocess
 from edge_detect.runtime import TFLiteModel, model_ops
@@ -532,12 +531,11 @@ def replaced_bundle(out: Path) -> Optional[str]:
         return None
     if not out.is_dir():
         raise ExportError(f"--out {out} is a file, not a bundle folder")
-    manifest = out / "manifest.json"
-    if manifest.is_file():
+    if (out / MANIFEST).is_file():
         try:
-            m = json.loads(manifest.read_text())
+            m = read_manifest(out)
             return f"bundle {m.get('name')} {m.get('version')}"
-        except (OSError, ValueError, AttributeError):
+        except BundleError:
             return "a damaged bundle"
     if any(out.iterdir()):
         raise ExportError(f"--out {out} holds other files and no manifest.json: the export replaces the whole "
