@@ -414,9 +414,8 @@ def _model(d: Any) -> ModelConfig:
         else:
             try:
                 delegate = delegate_from_dict(acc, "model.accelerator")
-            except ValueError as e:
-                msg = str(e)
-                errors.append(msg if msg.startswith("model.accelerator") else f"model.accelerator: {msg}")
+            except ConfigError as e:
+                errors += e.errors
     if errors:
         raise ConfigError(errors)
     return replace(m, accelerator=delegate)

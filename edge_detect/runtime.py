@@ -6,11 +6,15 @@ model's input and output dtypes are.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
+import re
+import sys
+import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -48,6 +52,49 @@ def interpreter_backend() -> Tuple[str, Any, Callable]:
         raise RuntimeError(
             "no TFLite runtime: pip install ai-edge-litert (or tflite-runtime on armv7 / Python < 3.10)"
         ) from None
+
+
+# The runtime's C++ logger writes lines like "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+# straight to fd 2, and no environment variable silences it in LiteRT 2.3 (TF_CPP_MIN_LOG_LEVEL does not).
+_RUNTIME_INFO = re.compile(rb"^INFO: [^\n]*\n?", re.MULTILINE)
+
+
+@contextlib.contextmanager
+def runtime_info_to_log() -> Iterator[None]:
+    """Catch what the runtime's C++ code writes to fd 2 while the block runs.
+
+    Its ``INFO:`` lines go to the debug log, so a daemon's stderr (the journal) stays one JSON
+    object per line; everything else caught, warnings and errors included, is written back to
+    stderr unchanged after the block. Python's own writes in the meantime are caught and written
+    back too, so nothing is lost, only delayed by the block's length (the model load, ms).
+    """
+    try:
+        sys.stderr.flush()
+        caught = tempfile.TemporaryFile()
+    except (OSError, ValueError, AttributeError):  # no writable temp dir, or a replaced sys.stderr
+        yield
+        return
+    with caught:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no fd 2 to catch
+            yield
+            return
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            text = caught.read()
+            for line in _RUNTIME_INFO.findall(text):
+                log.debug("runtime: %s", line.decode("utf-8", "replace").strip())
+            rest = memoryview(_RUNTIME_INFO.sub(b"", text))
+            while rest:
+                rest = rest[os.write(2, rest):]
 
 
 @dataclass(frozen=True)
@@ -103,10 +150,11 @@ class TFLiteModel:
                 self.fallback = str(e)
                 # debug: the caller reports it (the daemon's accelerator_fallback line, ``.fallback``)
                 log.debug("%s; falling back to the CPU", e)
-        self._interp = interpreter_cls(
-            model_path=self.path, num_threads=num_threads, experimental_delegates=delegates or None
-        )
-        self._interp.allocate_tensors()
+        with runtime_info_to_log():
+            self._interp = interpreter_cls(
+                model_path=self.path, num_threads=num_threads, experimental_delegates=delegates or None
+            )
+            self._interp.allocate_tensors()
         (inp,) = self._interp.get_input_details()
         outs = self._interp.get_output_details()
         self._in_index = inp["index"]

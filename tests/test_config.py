@@ -99,7 +99,7 @@ def test_range_and_duplicate_problems_come_with_the_type_problems(tmp_path):
         (('bundle = "/var/lib/edge-detect/bundle"', 'bundle = "b"\n[model.accelerator]\ntype = "npu"'),
          "model.accelerator.type"),
         (('bundle = "/var/lib/edge-detect/bundle"', 'bundle = "b"\n[model.accelerator]\ntype = "edgetpu"\nspeed = 1'),
-         "model.accelerator: unknown key(s) speed"),
+         "model.accelerator.speed: unknown key (known: device, library_path)"),
         (('name = "front"', 'name = "front/left"'), "cameras[0].name"),
         (('name = "front"', 'name = "front"\nroi = [1, 2, 3]'),
          "cameras[0].roi: must be an array of 4 integers, got [1, 2, 3]"),

@@ -16,6 +16,7 @@ from edge_detect.delegates.edgetpu import EdgeTpuDelegate
 from edge_detect.delegates.external import ExternalDelegate
 from edge_detect.delegates.gpu import GpuDelegate
 from edge_detect.runtime import AcceleratorRequired, interpreter_backend
+from edge_detect.validate import ConfigError
 
 MISSING_LIB = "/nonexistent/edge-detect-test/libdelegate.so"
 
@@ -26,12 +27,13 @@ MISSING_LIB = "/nonexistent/edge-detect-test/libdelegate.so"
     ({"type": "edgetpu", "device": ":0"}, EdgeTpuDelegate, "edgetpu::0", {"device": ":0"}),
     ({"type": "gpu"}, GpuDelegate, "gpu", {"precision_loss_allowed": "1"}),
     ({"type": "gpu", "precision_loss_allowed": False}, GpuDelegate, "gpu", {"precision_loss_allowed": "0"}),
-    ({"type": "external", "library_path": "/usr/lib/libvx_delegate.so", "options": {"backends": "GpuAcc", "n": 2}},
-     ExternalDelegate, "external:libvx_delegate.so", {"backends": "GpuAcc", "n": "2"}),
+    ({"type": "external", "library_path": "/usr/lib/libvx_delegate.so",
+      "options": {"backends": "GpuAcc", "n": 2, "fp16": True}},
+     ExternalDelegate, "external:libvx_delegate.so", {"backends": "GpuAcc", "n": "2", "fp16": "true"}),
 ])
 def test_each_plugin_builds_from_its_toml_table(table, cls, name, options):
     d = delegate_from_dict(table, "model.accelerator")
-    assert type(d) is cls and d.name == name and d.options() == options
+    assert type(d) is cls and d.name == name and d.delegate_options() == options
 
 
 def test_variants_each_accelerator_prefers():
@@ -43,23 +45,33 @@ def test_variants_each_accelerator_prefers():
 
 
 @pytest.mark.parametrize("table, message", [
-    ({"type": "npu"}, "model.accelerator.type must be one of ['edgetpu', 'external', 'gpu'], got 'npu'"),
-    ({}, "model.accelerator.type must be one of"),
-    ({"type": "edgetpu", "speed": 1}, "model.accelerator: unknown key(s) speed for type 'edgetpu'"),
-    ({"type": "edgetpu", "device": 1}, "model.accelerator.device must be str, got 1"),
-    ({"type": "edgetpu", "device": "usb0"}, "model.accelerator: device must be usb, pci, usb:N, pci:N or :N"),
-    ({"type": "gpu", "precision_loss_allowed": "yes"}, "model.accelerator.precision_loss_allowed must be bool"),
-    ({"type": "external"}, "model.accelerator: library_path is required for an external delegate"),
+    ({"type": "npu"}, "model.accelerator.type: must be one of edgetpu, external, gpu, got 'npu'"),
+    ({}, "model.accelerator.type: must be one of edgetpu, external, gpu, got nothing"),
+    ({"type": "edgetpu", "speed": 1}, "model.accelerator.speed: unknown key (known: device, library_path)"),
+    ({"type": "edgetpu", "device": 1}, "model.accelerator.device: must be a string, got 1"),
+    ({"type": "edgetpu", "device": "usb0"}, "model.accelerator.device: must be usb, pci, usb:N, pci:N or :N, "
+                                            "got 'usb0'"),
+    ({"type": "gpu", "precision_loss_allowed": "yes"},
+     "model.accelerator.precision_loss_allowed: must be a boolean, got 'yes'"),
+    ({"type": "external"}, "model.accelerator.library_path: required for an external delegate"),
     ({"type": "external", "library_path": "x.so", "options": "a=b"},
-     "model.accelerator.options must be a table of strings"),
-    # The dataclass field behind "options" is an implementation detail, not a config key.
-    ({"type": "external", "library_path": "x.so", "options_": {}},
-     "model.accelerator: unknown key(s) options_ for type 'external'"),
+     "model.accelerator.options: must be a table of "),  # of strings, integers, numbers or booleans
+    ({"type": "external", "library_path": "x.so", "options": {"a": [1]}}, "model.accelerator.options: must be"),
 ])
 def test_bad_accelerator_tables_name_the_key(table, message):
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(ConfigError) as e:
         delegate_from_dict(table, "model.accelerator")
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_every_problem_of_an_accelerator_table_is_reported_at_once():
+    with pytest.raises(ConfigError) as e:
+        delegate_from_dict({"type": "edgetpu", "device": "usb0", "speed": 1, "library_path": 2}, "model.accelerator")
+    assert e.value.errors == [
+        "model.accelerator.speed: unknown key (known: device, library_path)",
+        "model.accelerator.library_path: must be a string, got 2",
+        "model.accelerator.device: must be usb, pci, usb:N, pci:N or :N, got 'usb0'",
+    ]
 
 
 def test_a_missing_delegate_library_is_one_line_from_the_real_runtime():
@@ -89,7 +101,7 @@ def test_a_library_that_is_no_delegate_is_one_line_and_never_reaches_litert():
 def test_the_delegates_own_reason_reaches_the_message(fake_delegate):
     """As libedgetpu without a stick: the library loads, the delegate says why it can't start."""
     _, _, load_delegate = interpreter_backend()
-    d = ExternalDelegate(library_path=fake_delegate, options_={"fail": "no Edge TPU found on usb:0"})
+    d = ExternalDelegate(library_path=fake_delegate, options={"fail": "no Edge TPU found on usb:0"})
     with pytest.raises(DelegateUnavailable) as e:
         d.load(load_delegate)
     assert str(e.value) == f"external:fake_delegate: cannot load {fake_delegate} (no Edge TPU found on usb:0)"

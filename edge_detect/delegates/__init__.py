@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Type
 
+from ..validate import ConfigError
 from .base import DelegateConfig, DelegateUnavailable
 from .edgetpu import EdgeTpuDelegate
 from .external import ExternalDelegate
@@ -23,9 +24,10 @@ __all__ = ["DelegateConfig", "DelegateUnavailable", "PLUGINS", "delegate_from_di
 
 
 def delegate_from_dict(d: Mapping[str, Any], where: str = "accelerator") -> DelegateConfig:
-    """Build a delegate config from ``{"type": ..., **options}``; errors name the key."""
+    """Build a delegate config from ``{"type": ..., **options}``; ConfigError naming each bad key."""
     d = dict(d)
     kind = d.pop("type", None)
     if kind not in PLUGINS:
-        raise ValueError(f"{where}.type must be one of {sorted(PLUGINS)}, got {kind!r}")
+        got = "nothing" if kind is None else repr(kind)
+        raise ConfigError([f"{where}.type: must be one of {', '.join(sorted(PLUGINS))}, got {got}"])
     return PLUGINS[kind].from_dict(d, where)

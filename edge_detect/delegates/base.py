@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple
 
 from ..oneline import first_line
+from ..validate import from_table
 
 
 class DelegateUnavailable(RuntimeError):
@@ -25,26 +25,20 @@ class DelegateConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "accelerator") -> DelegateConfig:
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(fields))
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)} for type {cls.type!r}")
-        for k, v in d.items():
-            want = fields[k].type
-            ok = {"str": str, "int": int, "bool": bool, "float": (int, float)}.get(str(want).split("[")[0])
-            if ok is not None and (not isinstance(v, ok) or (ok is int and isinstance(v, bool))):
-                raise ValueError(f"{where}.{k} must be {want}, got {v!r}")
-        try:
-            return cls(**d)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{where}: {e}") from None
+        """Build from the TOML table without its ``type``; ConfigError naming every bad ``where.key``."""
+        return from_table(cls, d, where)
+
+    def check(self) -> Dict[str, str]:
+        """Value problems as ``{key: problem}`` (validate.from_table's convention)."""
+        return {}
 
     @property
     def name(self) -> str:
         """How the accelerator is reported on the stats topic, e.g. 'edgetpu:usb'."""
         return self.type
 
-    def options(self) -> Dict[str, str]:
+    def delegate_options(self) -> Dict[str, str]:
+        """What ``load_delegate`` passes to the library, as strings."""
         return {}
 
     def preferred_variants(self) -> Tuple[str, ...]:
@@ -70,7 +64,7 @@ class DelegateConfig:
             raise DelegateUnavailable(f"{self.name}: {library} is not a TFLite delegate library "
                                       "(no tflite_plugin_create_delegate)")
         try:
-            return load_delegate(library, self.options() or None)
+            return load_delegate(library, self.delegate_options() or None)
         except (ValueError, RuntimeError, OSError) as e:
             raise DelegateUnavailable(f"{self.name}: cannot load {library} ({_reason(e)})") from None
 

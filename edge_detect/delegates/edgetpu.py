@@ -21,9 +21,10 @@ class EdgeTpuDelegate(DelegateConfig):
     type: ClassVar[str] = "edgetpu"
     variants: ClassVar[Tuple[str, ...]] = ("int8_edgetpu",)
 
-    def __post_init__(self) -> None:
+    def check(self) -> Dict[str, str]:
         if self.device and not re.fullmatch(r"(usb|pci)?(:\d+)?", self.device):
-            raise ValueError(f"device must be usb, pci, usb:N, pci:N or :N, got {self.device!r}")
+            return {"device": f"must be usb, pci, usb:N, pci:N or :N, got {self.device!r}"}
+        return {}
 
     @property
     def name(self) -> str:
@@ -32,7 +33,7 @@ class EdgeTpuDelegate(DelegateConfig):
     def library(self) -> str:
         return self.library_path or _LIB.get(platform.system(), "libedgetpu.so.1")
 
-    def options(self) -> Dict[str, str]:
+    def delegate_options(self) -> Dict[str, str]:
         return {"device": self.device} if self.device else {}
 
     def check_model(self, model_path: str) -> None:

@@ -20,5 +20,5 @@ class GpuDelegate(DelegateConfig):
     def library(self) -> str:
         return self.library_path
 
-    def options(self) -> Dict[str, str]:
+    def delegate_options(self) -> Dict[str, str]:
         return {"precision_loss_allowed": "1" if self.precision_loss_allowed else "0"}
