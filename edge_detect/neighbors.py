@@ -285,9 +285,25 @@ class _NeighborScorer(Scorer):
         return a
 
     @staticmethod
+    def _neighbour_count(d: dict, key: str, default: int, n: Optional[int]) -> int:
+        """``d[key]`` checked at load: 1..n (the reference set's size; n None: any count >= 1), so
+        that a hand-edited manifest is refused once, not with a ValueError on every image."""
+        k = d.get(key, default)
+        # bool is an int to Python; a float is accepted only when whole (5.0).
+        whole = not isinstance(k, bool) and isinstance(k, (int, float)) and float(k).is_integer()
+        if n is None and not (whole and k >= 1):
+            raise ValueError(f"scoring.{key} must be a whole number >= 1, got {k!r}")
+        if n is not None and not (whole and 1 <= k <= n):
+            raise ValueError(f"scoring.{key} must be 1..{n} (the reference set's size), got {k!r}")
+        return int(k)
+
+    @staticmethod
     def _common(d: dict, arrays: Dict[str, np.ndarray]) -> dict:
         if "reference" not in arrays:
             raise ValueError("scoring needs the bundle array 'reference' (the normal embeddings)")
+        if np.ndim(arrays["reference"]) != 2 or len(arrays["reference"]) == 0:
+            raise ValueError(f"scoring needs a non-empty (N, D) array 'reference', got shape "
+                             f"{list(np.shape(arrays['reference']))}")
         labels = arrays.get("reference_labels")
         return {
             "reference": np.asarray(arrays["reference"]),
@@ -320,7 +336,8 @@ class KNNScorer(_NeighborScorer):
 
     @classmethod
     def from_dict(cls, d: dict, arrays: Dict[str, np.ndarray]) -> KNNScorer:
-        return cls(k=int(d.get("k", 5)), **cls._common(d, arrays))
+        common = cls._common(d, arrays)
+        return cls(k=cls._neighbour_count(d, "k", 5, len(common["reference"])), **common)
 
 
 @register("lof")
@@ -353,10 +370,11 @@ class LOFScorer(_NeighborScorer):
     @classmethod
     def from_dict(cls, d: dict, arrays: Dict[str, np.ndarray]) -> LOFScorer:
         common = cls._common(d, arrays)
-        k = int(d.get("n_neighbors", 20))
         if "reference_kdist" in arrays and "reference_lrd" in arrays:
+            k = cls._neighbour_count(d, "n_neighbors", 20, len(common["reference"]))
             kdist, lrd = np.asarray(arrays["reference_kdist"]), np.asarray(arrays["reference_lrd"])
-        else:  # an older/hand-made bundle: fit on load
+        else:  # an older/hand-made bundle: fit on load, which caps n_neighbors at N - 1 as scikit-learn does
+            k = cls._neighbour_count(d, "n_neighbors", 20, None)
             kdist, lrd, _, k = lof_fit(common["reference"], k)
         if len(kdist) != len(common["reference"]) or len(lrd) != len(common["reference"]):
             raise ValueError("reference_kdist / reference_lrd do not match the reference embeddings")
@@ -387,6 +405,11 @@ def fit_scorer(
     emb = probe.embed(embeddings)
     if reference_size:
         emb, labels = reduce_reference(emb, reference_size, reduce, labels, seed)
+    if len(emb) < 2:
+        # An embedding's nearest other one is its score: with one there is none (k would be 0),
+        # and the bundle written would be refused when a device loads it.
+        raise ValueError(f"a neighbour scorer needs at least 2 normal reference embeddings, got {len(emb)}: "
+                         "train on more normal images (or a larger reference size)")
     common = {"reference": emb.astype(np.float32), "labels": labels, "normalize": normalize, "scale": scale,
               "class_names": class_names}
     if kind == "knn":

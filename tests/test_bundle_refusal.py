@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -211,3 +213,60 @@ def test_non_finite_threshold_override_is_refused(good):
     path, _, image = good
     r = CliRunner().invoke(main, ["score", str(path), str(image), "--threshold", "nan"])
     assert r.exit_code == 2 and r.output.strip() == "error: --threshold must be a finite number, got nan"
+
+
+def knn_bundle(src: Path, dst: Path, k) -> Path:
+    """``src``'s copy turned into a kNN bundle: the model's output (16x16 values, flattened) against 8
+    stored reference rows, with ``scoring.k`` as given."""
+    from edge_detect.bundle import sha256_file
+
+    b = copy(src, dst)
+    np.save(b / "reference.npy", np.random.default_rng(0).random((8, 256), dtype=np.float32))
+
+    def to_knn(m):
+        m["scoring"] = {"kind": "knn", "k": k}
+        m["arrays"] = {"reference": {"file": "reference.npy", "shape": [8, 256], "dtype": "float32"}}
+        m["files"]["reference.npy"] = sha256_file(b / "reference.npy")
+
+    edit_manifest(b, to_knn)
+    return b
+
+
+@pytest.mark.parametrize("k", [0, -1, 5000, 2.5, None])
+def test_knn_k_outside_the_reference_set_is_refused_at_load(good, tmp_path, k):
+    """Not loaded and then a ValueError on every image: refused once, naming scoring.k."""
+    path, _, image = good
+    b = knn_bundle(path, tmp_path / "b", k)
+    msg = f"scoring.k must be 1..8 (the reference set's size), got {k!r}"
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        Detector(b, variant="int8")
+    assert refuse_cli(b, image) == f"error: bundle refused: {b}: {msg}"
+
+
+def test_knn_bundle_with_k_in_range_scores(good, tmp_path):
+    path, _, image = good
+    b = knn_bundle(path, tmp_path / "b", 8)  # k = N: every reference counts
+    r = CliRunner().invoke(main, ["score", str(b), str(image), "--json"])
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("damage, why", [
+    pytest.param(lambda f: f.write_text("not an array\n"), "no .npy header", id="text"),
+    pytest.param(lambda f: np.save(f, np.array([{"a": 1}], object), allow_pickle=True), "object (pickled) data",
+                 id="object"),
+    pytest.param(lambda f: np.save(f, np.array(["ab", "c"])), "dtype <U2", id="strings"),
+    pytest.param(lambda f: f.write_bytes(f.read_bytes()[:200]), "Failed to read all data for array", id="truncated"),
+])
+def test_damaged_npy_with_rehashed_manifest_is_refused_naming_the_file(good, tmp_path, damage, why):
+    """Not numpy's advice to load it with allow_pickle: the file and what is wrong with it."""
+    from edge_detect.bundle import sha256_file
+
+    path, _, image = good
+    b = knn_bundle(path, tmp_path / "b", 3)
+    damage(b / "reference.npy")
+    edit_manifest(b, lambda m: m["files"].__setitem__("reference.npy", sha256_file(b / "reference.npy")))
+    with pytest.raises(BundleError, match="reference.npy is not a numeric .npy array"):
+        Detector(b, variant="int8")
+    line = refuse_cli(b, image)
+    assert line.startswith(f"error: bundle refused: {b}: reference.npy is not a numeric .npy array ({why}")
+    assert "allow_pickle" not in line and "pickle.load" not in line

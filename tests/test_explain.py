@@ -148,6 +148,7 @@ def test_explain_cli_one_pass_and_per_image_write_pngs(explainer_dir, metric_run
     r = CliRunner().invoke(explain, [str(metric_run), imgs[0], "--method", "per-image", "--epochs", "3",
                                      "--out", str(tmp_path / "o2")])
     assert r.exit_code == 0, r.output
+    assert "peak |x-G(x)| " in r.output and "of full scale" in r.output and "99th percentile" in r.output
     assert (tmp_path / "o2" / "img0_per-image.png").is_file()
 
 
@@ -198,3 +199,133 @@ def test_heatmap_grid_png(tmp_path) -> None:
     assert (img == (0, 255, 0)).all(axis=2).any()  # mask outlines drawn
     with pytest.raises(ValueError, match="no images"):
         heatmap_grid(x[:0], maps[:0], 0.5, [], tmp_path / "e.png")
+
+
+def _one_line_error(r, code: int = 2) -> str:
+    """The single ``error:`` line of a failed command (warnings about skipped images aside)."""
+    assert r.exit_code == code, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip() and not ln.startswith("warning: skipped")]
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.output
+    return lines[0]
+
+
+def test_a_wrong_out_is_one_line_and_fit_explainer_checks_it_before_the_data(explainer_dir, tmp_path) -> None:
+    from training.explain import explain_command as explain
+    from training.explain import fit_explainer_command as fit
+
+    imgs = _write_pngs(tmp_path / "in", _normals(1))
+    (tmp_path / "gray.png").write_bytes(b"x")
+    under_file = str(tmp_path / "gray.png" / "sub")
+    line = _one_line_error(CliRunner().invoke(explain, [str(explainer_dir), imgs[0], "--out", under_file]))
+    assert line.startswith("error: cannot use --out ") and "gray.png" in line and "Not a directory" in line
+    if os.path.isdir("/proc/self"):  # Linux: a folder that exists but takes no new entries
+        line = _one_line_error(CliRunner().invoke(explain, [str(explainer_dir), imgs[0], "--out", "/proc/nope"]))
+        assert line.startswith("error: cannot use --out /proc/nope")
+    # The data folder does not exist either: the --out error proves it came before the data load.
+    line = _one_line_error(CliRunner().invoke(fit, [str(tmp_path / "absent"), "--out", under_file]))
+    assert line.startswith("error: cannot use --out ") and "Not a directory" in line
+    # A new --out is taken back when the data turns out to be wrong: no empty folders left behind.
+    r = CliRunner().invoke(fit, [str(tmp_path / "absent"), "--out", str(tmp_path / "new" / "explainer")])
+    assert "no such folder" in _one_line_error(r)
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("option, value", [("--seed", "-1"), ("--limit", "0"), ("--limit", "-1"), ("--epochs", "0"),
+                                           ("--per-epoch", "0"), ("--input-size", "4")])
+def test_fit_explainer_numbers_out_of_range_are_one_line(tmp_path, option, value) -> None:
+    """Through the edge-train group, as users run it: click's range check, one line, exit 2."""
+    from training.cli import main
+
+    _write_pngs(tmp_path / "in", _normals(2))
+    r = CliRunner().invoke(main, ["fit-explainer", str(tmp_path / "in"), "--out", str(tmp_path / "e"), option, value])
+    line = _one_line_error(r)
+    assert option in line and value in line, line
+    assert not (tmp_path / "e").exists()
+
+
+def test_png_names_are_unique_when_stems_collide() -> None:
+    from training.explain import png_names
+
+    assert png_names(["good/000.png", "crack/000.png", "crack/001.png"], "one-pass") == [
+        "good_000_one-pass.png", "crack_000_one-pass.png", "001_one-pass.png"]
+    # Same folder name higher up: as many parent folders as it takes.
+    assert png_names(["x/good/0.png", "y/good/0.jpeg"], "m") == ["x_good_0_m.png", "y_good_0_m.png"]
+    # A prefixed name may meet a real stem; folders that differ only in case still get two files.
+    names = png_names(["a/img.png", "b/img.png", "a_img.png", "C/z.png", "c/z.png"], "m")
+    assert len({n.lower() for n in names}) == 5, names
+
+
+def test_explain_writes_colliding_stems_to_separate_pngs_and_expands_folders(explainer_dir, tmp_path) -> None:
+    from training.explain import explain_command as explain
+
+    good = _write_pngs(tmp_path / "good", _normals(2, seed=1))
+    crack = _write_pngs(tmp_path / "crack", _normals(1, seed=2))
+    out = tmp_path / "out"
+    r = CliRunner().invoke(explain, [str(explainer_dir), str(tmp_path / "good"), crack[0], good[0], "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.glob("*.png")) == ["crack_img0_one-pass.png", "good_img0_one-pass.png",
+                                                         "img1_one-pass.png"]
+    lines = r.output.splitlines()
+    assert len(lines) == 3  # the folder's two images, the crack; good/img0.png given twice is explained once
+    assert f"{good[0]}: " in lines[0] and lines[0].endswith(str(out / "good_img0_one-pass.png"))
+    assert f"{crack[0]}: " in lines[2] and lines[2].endswith(str(out / "crack_img0_one-pass.png"))
+    # What the number is: a probability, and where the boxes start.
+    assert "peak anomaly probability 0." in lines[0] and "boxes above 0.5" in lines[0]
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    assert "a folder with no images" in _one_line_error(CliRunner().invoke(explain, [str(explainer_dir), str(empty)]))
+
+
+def test_explain_skips_unreadable_images_and_exits_1(explainer_dir, tmp_path) -> None:
+    """As edge-detect score: a bad file is a warning, the others are explained, exit 1 at the end."""
+    from training.explain import explain_command as explain
+
+    imgs = _write_pngs(tmp_path / "in", _normals(2))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG truncated")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(explain, [str(explainer_dir), imgs[0], str(bad), str(empty), imgs[1],
+                                   "--out", str(out)])
+    assert r.exit_code == 1, r.output
+    assert sorted(p.name for p in out.glob("*.png")) == ["img0_one-pass.png", "img1_one-pass.png"]
+    err = r.stderr.splitlines()
+    assert err[0].startswith(f"warning: skipped {bad}: not a readable image")
+    assert err[1] == f"warning: skipped {empty}: empty file (0 bytes)"  # the path once, not twice
+    assert err[2] == f"error: 2 of 4 images could not be read (skipped): {bad}, {empty}"
+    assert len(r.stdout.splitlines()) == 2
+    # One image, unreadable: nothing was explained, a plain one-line error, exit 2.
+    line = _one_line_error(CliRunner().invoke(explain, [str(explainer_dir), str(empty), "--out", str(out)]))
+    assert line == f"error: {empty}: empty file (0 bytes)"
+    line = _one_line_error(CliRunner().invoke(explain, [str(explainer_dir), str(empty), str(bad), "--out", str(out)]))
+    assert line == "error: none of the 2 images could be read"
+
+
+def test_explain_says_which_method_fits_the_directory(explainer_dir, metric_run, tmp_path) -> None:
+    from training.explain import explain_command as explain
+
+    imgs = _write_pngs(tmp_path / "in", _normals(1))
+    line = _one_line_error(CliRunner().invoke(explain, [str(metric_run), imgs[0], "--out", str(tmp_path / "o")]))
+    assert "a metric run, not a one-pass explainer: add --method per-image" in line
+    line = _one_line_error(CliRunner().invoke(explain, [str(explainer_dir), imgs[0], "--method", "per-image",
+                                                        "--out", str(tmp_path / "o")]))
+    assert "a one-pass explainer" in line and "leave out --method per-image" in line
+    assert not (tmp_path / "o").exists()  # made for the PNGs, taken back when nothing could be explained
+
+
+def test_fit_explainer_names_an_unreadable_input_not_out(tmp_path, monkeypatch) -> None:
+    """Only --out's own errors say "cannot use --out"; a --foreign folder that cannot be read is named."""
+    import training.explain as ex
+    import training.synthetic as syn
+
+    def unreadable(folder, **kw):
+        raise PermissionError(13, "Permission denied", str(folder))
+
+    monkeypatch.setattr(ex, "load_folder", lambda *a, **kw: _normals(4))
+    monkeypatch.setattr(syn, "load_foreign", unreadable)
+    out, foreign = tmp_path / "new" / "explainer", tmp_path / "pictures"
+    foreign.mkdir()
+    r = CliRunner().invoke(ex.fit_explainer_command, [str(tmp_path), "--out", str(out), "--foreign", str(foreign)])
+    assert _one_line_error(r) == f"error: cannot read {foreign}: Permission denied"
+    assert not (tmp_path / "new").exists()

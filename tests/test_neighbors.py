@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -109,6 +110,42 @@ def test_an_empty_batch_scores_to_no_scores():
 def test_missing_reference_is_a_clear_error():
     with pytest.raises(ValueError, match="reference"):
         scorer_from_dict({"kind": "lof"}, {})
+
+
+@pytest.mark.parametrize("k", [0, -1, 31, 2.5, True, "3", None])
+def test_knn_k_outside_1_to_n_is_refused_when_the_scorer_is_built(k):
+    """A hand-edited manifest: refused once at load, not with a ValueError for every image."""
+    ref = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
+    msg = f"scoring.k must be 1..30 (the reference set's size), got {k!r}"
+    with pytest.raises(ValueError, match=f"^{re.escape(msg)}$"):
+        scorer_from_dict({"kind": "knn", "k": k}, {"reference": ref})
+    assert scorer_from_dict({"kind": "knn", "k": 30}, {"reference": ref}).k == 30
+    assert scorer_from_dict({"kind": "knn", "k": 3.0}, {"reference": ref}).k == 3  # JSON may write 3 as 3.0
+    with pytest.raises(ValueError, match=r"non-empty \(N, D\) array 'reference'"):
+        scorer_from_dict({"kind": "knn", "k": 1}, {"reference": ref[:0]})
+
+
+@pytest.mark.parametrize("kind", ["knn", "lof"])
+def test_fit_refuses_fewer_than_two_reference_embeddings(kind):
+    """k would be 0: training must not write a bundle that the load-time check refuses."""
+    ref = _data(3, n=40)[0]
+    for emb, size in ((ref[:1], None), (ref, 1)):
+        with pytest.raises(ValueError, match="at least 2 normal reference embeddings, got 1: train on more normal"):
+            nb.fit_scorer(kind, emb, reference_size=size)
+    s, _ = nb.fit_scorer(kind, ref[:2])
+    scorer_from_dict(s.to_dict(), s.arrays())  # two: the bundle's scorer loads (k = 1)
+
+
+def test_lof_n_neighbors_is_checked_at_load_too():
+    s, _ = nb.fit_scorer("lof", _data(7)[0], n_neighbors=10)
+    d, arrays = s.to_dict(), s.arrays()
+    for bad in (0, -3, 301):  # 300 references
+        with pytest.raises(ValueError, match=r"scoring\.n_neighbors must be 1\.\.300"):
+            scorer_from_dict({**d, "n_neighbors": bad}, arrays)
+    del arrays["reference_kdist"], arrays["reference_lrd"]  # fitted on load: capped at N - 1, so only >= 1
+    with pytest.raises(ValueError, match=r"scoring\.n_neighbors must be a whole number >= 1, got 0"):
+        scorer_from_dict({**d, "n_neighbors": 0}, arrays)
+    assert scorer_from_dict({**d, "n_neighbors": 5000}, arrays).n_neighbors == 299
 
 
 def test_host_normalisation_makes_scale_irrelevant_for_lof():

@@ -18,17 +18,19 @@ An explainer directory (``edge-train fit-explainer``) holds ``explainer.keras``,
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from edge_detect.atomic import write_atomic
-from edge_detect.oneline import first_line
+from edge_detect.oneline import first_line, os_error
 from edge_detect.preprocess import Preprocess
 
 from .data import image_files
@@ -355,47 +357,183 @@ def explanation_png(x: np.ndarray, heat: np.ndarray, threshold: float, out: Path
     Image.fromarray(np.concatenate([img, np.full((img.shape[0], 2, 3), 255, np.uint8), ov], axis=1)).save(out)
 
 
+def expand_images(images: Sequence[Union[str, Path]]) -> List[Path]:
+    """IMAGE... as files: a folder gives its images (recursive, sorted); repeats are dropped.
+
+    Raises ExplainError for a path that does not exist or a folder without images: a typo is
+    found before any explainer is loaded.
+    """
+    out: List[Path] = []
+    for p in map(Path, images):
+        if p.is_dir():
+            found = image_files(p)
+            if not found:
+                raise ExplainError(f"{p}: a folder with no images in it")
+            out += found
+        elif p.exists() or p.is_symlink():  # a dangling link is reported as unreadable, with the rest
+            out.append(p)
+        else:
+            raise ExplainError(f"no such image: {p}")
+    unique: Dict[str, Path] = {}  # the same file given twice (or inside a folder given too) once
+    for p in out:
+        unique.setdefault(os.path.normpath(os.path.abspath(p)), p)
+    return list(unique.values())
+
+
+def png_names(images: Sequence[Union[str, Path]], method: str) -> List[str]:
+    """``STEM_METHOD.png`` per image, unique: where stems collide (good/000.png, crack/000.png),
+    parent folder names are prefixed (good_000_..., crack_000_...) until they differ.
+
+    Compared without case, so that a case-insensitive file system cannot merge two either.
+    """
+    full = [Path(os.path.normpath(os.path.abspath(p))) for p in images]
+    parents = [f.parent.parts[1:] for f in full]  # without the anchor ("/")
+    depth = [0] * len(full)
+
+    def name(i: int) -> str:
+        return "_".join([*parents[i][len(parents[i]) - depth[i]:], full[i].stem])
+
+    while True:
+        groups: Dict[str, List[int]] = {}
+        for i in range(len(full)):
+            groups.setdefault(name(i).lower(), []).append(i)
+        grew = False
+        for group in groups.values():
+            if len(group) < 2:
+                continue
+            for i in group:
+                if depth[i] < len(parents[i]):
+                    depth[i] += 1
+                    grew = True
+        if not grew:
+            break
+    names: List[str] = []
+    used: set = set()
+    for i in range(len(full)):
+        n, c = name(i), 1
+        while n.lower() in used:  # the last resort (folders that differ only in case): a counter
+            c += 1
+            n = f"{name(i)}-{c}"
+        used.add(n.lower())
+        names.append(f"{n}_{method}.png")
+    return names
+
+
+def make_out_dir(out_dir: Union[str, Path]) -> List[Path]:
+    """Create ``out_dir`` now, so that a wrong --out fails before the long work; the folders made,
+    deepest first, for :func:`remove_made` when the work fails.
+
+    Creating it is the only reliable check: /proc/foo, or a path under a file, pass every test
+    short of that. Raises ExplainError "cannot use --out PATH: reason".
+    """
+    out_dir = Path(out_dir)
+    missing = [q for q in [out_dir, *out_dir.parents] if not (q.exists() or q.is_symlink())]
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        remove_made(missing)
+        raise ExplainError(f"cannot use --out {os_error(e, out_dir)}") from None
+    return missing
+
+
+def remove_made(made: Sequence[Path]) -> None:
+    """Remove the folders :func:`make_out_dir` made, deepest first, where still empty."""
+    for q in made:
+        try:
+            q.rmdir()
+        except OSError:
+            pass  # not empty (something was written) or already gone: leave it
+
+
+def _image_problem(p: Path, e: Exception) -> str:
+    """"PATH: reason" for an unreadable image, without the path twice (some ImageErrors end in it)."""
+    why = str(e)
+    if why.endswith(f": {p}"):
+        why = why[: -len(str(p)) - 2]
+    return f"{p}: {why}"
+
+
+def _one_pass(target: Path) -> OnePass:
+    if not (target / EXPLAINER_JSON).is_file():
+        from . import metric
+
+        if (target / "model.keras").is_file() and (target / metric.REFERENCE_FILE).is_file():
+            raise ExplainError(f"{target}: a metric run, not a one-pass explainer: add --method per-image, "
+                               "or train an explainer with 'edge-train fit-explainer DATA --out DIR'")
+    return OnePass(target)
+
+
+def _per_image(target: Path) -> Tuple[Any, np.ndarray, Preprocess]:
+    if (target / EXPLAINER_JSON).is_file():
+        raise ExplainError(f"{target}: a one-pass explainer; per-image explanations need a metric run directory "
+                           "(for this one, leave out --method per-image)")
+    return load_metric_embedder(target)
+
+
 def explain_paths(target: Union[str, Path], images: Sequence[Union[str, Path]], out_dir: Union[str, Path],
                   method: str = "one-pass", per_image: Optional[PerImageConfig] = None,
-                  echo: Callable[[str], None] = print) -> List[Dict[str, Any]]:
+                  echo: Callable[[str], None] = print,
+                  warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> List[Dict[str, Any]]:
     """Explain image files with an explainer dir (one-pass) or a metric run (per-image); write PNGs.
 
-    Returns one row per image: file, png, peak, seconds. Unreadable images raise ExplainError.
+    images: files or folders (:func:`expand_images`). Returns one row per image: file, png, peak,
+    measure ("probability": the one-pass map, boxes above 0.5; "abs_error": per-image |x - G(x)|
+    in 0..1 of full scale), seconds; or file, error for an unreadable image, which is skipped
+    with a warning. Raises ExplainError when none could be read, or for a wrong target or --out.
     """
     from edge_detect.preprocess import ImageError
 
     if method not in METHODS:
         raise ExplainError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    files = expand_images(images)
     target = Path(target)
     if not target.is_dir():
         raise ExplainError(f"{target}: no such run or explainer directory")
-    if method == "one-pass":
-        one = OnePass(target)
-        pre, threshold = one.preprocess, 0.5  # the explainer outputs a probability: 0.5 decides
-    else:
-        f, center, pre = load_metric_embedder(target)
-        ano = AnoUnet(f, center, per_image)
-        threshold = 0.0
+    made = make_out_dir(out_dir)
+    try:
+        if method == "one-pass":
+            one = _one_pass(target)
+            pre, threshold = one.preprocess, 0.5  # the explainer outputs a probability: 0.5 decides
+        else:
+            f, center, pre = _per_image(target)
+            ano = AnoUnet(f, center, per_image)
+    except BaseException:
+        remove_made(made)
+        raise
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     rows: List[Dict[str, Any]] = []
-    for p in images:
+    for p, name in zip(files, png_names(files, method)):
         try:
             x = pre(p)
         except ImageError as e:
-            raise ExplainError(f"{p}: {e}") from None
+            if len(files) == 1:
+                remove_made(made)
+                raise ExplainError(_image_problem(p, e)) from None
+            warn(f"warning: skipped {_image_problem(p, e)}")
+            rows.append({"file": str(p), "error": str(e)})
+            continue
         t0 = time.perf_counter()
         if method == "one-pass":
             heat = one.explain(x[None])[0]
+            what = f"peak anomaly probability {heat.max():.3f} (boxes above {threshold})"
         else:
             heat, _, _ = ano.explain(x)
             # |x - G(x)| has no calibrated scale: show it relative to its own 99th percentile.
             threshold = float(np.quantile(heat, 0.99)) or 1e-6
+            what = (f"peak |x-G(x)| {heat.max():.3f} of full scale "
+                    f"(boxes above this image's 99th percentile, {threshold:.3f})")
         dt = time.perf_counter() - t0
-        png = out_dir / f"{Path(p).stem}_{method}.png"
-        explanation_png(x, heat, threshold, png, pre)
-        rows.append({"file": str(p), "png": str(png), "peak": float(heat.max()), "seconds": round(dt, 3)})
-        echo(f"{Path(p).name}: peak {heat.max():.3f}, {dt:.2f} s -> {png}")
+        png = out_dir / name
+        try:
+            explanation_png(x, heat, threshold, png, pre)
+        except OSError as e:  # e.g. a full disk: the rest would fail the same way
+            raise ExplainError(f"cannot write {os_error(e, png)}") from None
+        rows.append({"file": str(p), "png": str(png), "peak": float(heat.max()),
+                     "measure": "probability" if method == "one-pass" else "abs_error", "seconds": round(dt, 3)})
+        echo(f"{p}: {what}, {dt:.2f} s -> {png}")
+    if all("error" in r for r in rows):
+        remove_made(made)
+        raise ExplainError(f"none of the {len(rows)} images could be read")
     return rows
 
 
@@ -421,52 +559,80 @@ def _click_commands() -> List[Any]:
         """Heatmaps of where IMAGE... is anomalous, as PNGs in --out.
 
         EXPLAINER_OR_RUN: an explainer directory from fit-explainer (--method one-pass), or a
-        metric run directory (--method per-image).
+        metric run directory (--method per-image). IMAGE: a file, or a folder of images.
+        Unreadable images are skipped with a warning, and the exit code is then 1.
         """
         if epochs < 1 or not 0 <= beta < float("inf"):  # "not": nan fails every comparison
             raise UserError("--epochs must be >= 1 and --beta a finite number >= 0")
-        missing = [p for p in images if not Path(p).is_file()]
-        if missing:
-            raise UserError(f"no such image: {missing[0]}")
         try:
-            explain_paths(target, images, out_dir, method, PerImageConfig(beta=beta, epochs=epochs), click.echo)
+            rows = explain_paths(target, images, out_dir, method, PerImageConfig(beta=beta, epochs=epochs),
+                                 click.echo, lambda m: click.echo(m, err=True))
         except ExplainError as e:
             raise UserError(str(e)) from None
+        bad = [r["file"] for r in rows if "error" in r]
+        if bad:  # as edge-detect score: the readable ones were explained, exit 1 says some were not
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            click.echo(f"error: {len(bad)} of {len(rows)} images could not be read (skipped): "
+                       f"{', '.join(bad[:3])}{more}", err=True)
+            sys.exit(1)
 
     @click.command("fit-explainer")
     @click.argument("data", type=click.Path(file_okay=False))
     @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
                   help="Explainer directory to write.")
-    @click.option("--input-size", type=int, default=64, show_default=True, help="Square input, px.")
+    @click.option("--input-size", type=click.IntRange(8, 1024), default=64, show_default=True,
+                  help="Square input, px (a multiple of 4).")
     @click.option("--color", type=click.Choice(["gray", "rgb"]), default="gray", show_default=True)
-    @click.option("--epochs", type=int, default=OnePassConfig.epochs, show_default=True)
-    @click.option("--per-epoch", type=int, default=OnePassConfig.per_epoch, show_default=True,
+    @click.option("--epochs", type=click.IntRange(1), default=OnePassConfig.epochs, show_default=True)
+    @click.option("--per-epoch", type=click.IntRange(1), default=OnePassConfig.per_epoch, show_default=True,
                   help="Images per epoch (half synthetic anomalies, made fresh).")
     @click.option("--foreign", type=click.Path(file_okay=False), default=None,
                   help="Any folder of pictures for the foreign-object anomalies.")
-    @click.option("--limit", type=int, default=2000, show_default=True, help="At most this many normal images.")
-    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--limit", type=click.IntRange(1), default=2000, show_default=True,
+                  help="At most this many normal images.")
+    # numpy's generators take no negative seed.
+    @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
     def fit_cmd(data: str, out_dir: str, input_size: int, color: str, epochs: int, per_epoch: int,
                 foreign: Optional[str], limit: int, seed: int) -> None:
         """Train the one-pass explainer on a folder of normal images (+ synthetic anomalies)."""
         from .synthetic import load_foreign
 
-        if input_size < 8 or input_size % 4 or epochs < 1 or per_epoch < 1:
-            raise UserError("--input-size must be a multiple of 4 (>= 8); --epochs, --per-epoch >= 1")
+        if input_size % 4:  # the U-Net pools twice
+            raise UserError(f"--input-size must be a multiple of 4, got {input_size}")
         pre = Preprocess(size=(input_size, input_size), color=color)
         try:
-            x = load_folder(data, pre, limit, seed)
-            pool = load_foreign(foreign, seed=seed) if foreign else None
+            made = make_out_dir(out_dir)  # before the data load and the training: a wrong --out fails at once
+            try:
+                with _reading(data):
+                    x = load_folder(data, pre, limit, seed)
+                with _reading(str(foreign)):
+                    pool = load_foreign(foreign, seed=seed) if foreign else None
+                cfg = OnePassConfig(epochs=epochs, per_epoch=per_epoch, seed=seed)
+                model, summary = fit_one_pass(x, cfg, pool, progress=lambda e, loss: click.echo(
+                    f"epoch {e}/{epochs} loss {loss:.4f}"))
+                summary["data"] = str(data)
+                save_explainer(out_dir, model, pre, summary, representative_set(x, 200, pool, seed=seed))
+            except BaseException:
+                remove_made(made)  # a failed run (or Ctrl-C) leaves no empty --out behind
+                raise
         except (ExplainError, FileNotFoundError) as e:
             raise UserError(str(e)) from None
-        cfg = OnePassConfig(epochs=epochs, per_epoch=per_epoch, seed=seed)
-        model, summary = fit_one_pass(x, cfg, pool, progress=lambda e, loss: click.echo(f"epoch {e}/{epochs} "
-                                                                                         f"loss {loss:.4f}"))
-        summary["data"] = str(data)
-        save_explainer(out_dir, model, pre, summary, representative_set(x, 200, pool, seed=seed))
+        except OSError as e:  # e.g. the disk filled up while saving (the inputs' errors are _reading's)
+            raise UserError(f"cannot use --out {os_error(e, out_dir)}") from None
         click.echo(f"explainer: {out_dir} ({len(x)} normal images, {summary['train_seconds']:.0f} s)")
 
     return [explain_cmd, fit_cmd]
+
+
+@contextlib.contextmanager
+def _reading(path: str) -> Iterator[None]:
+    """An OSError while reading an input folder as an ExplainError naming its own file (or ``path``),
+    not --out."""
+    try:
+        yield
+    except OSError as e:
+        # load_foreign's own FileNotFoundError ("no readable images in ...") has no errno: already whole.
+        raise ExplainError(str(e) if e.errno is None else f"cannot read {os_error(e, path)}") from None
 
 
 def load_folder(folder: Union[str, Path], pre: Preprocess, limit: int = 2000, seed: int = 0) -> np.ndarray:
