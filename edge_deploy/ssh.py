@@ -15,7 +15,39 @@ _HOST = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^:@\s\
 
 
 class SshError(RuntimeError):
-    """A remote command or copy failed; the message has the command and its stderr."""
+    """A remote command or copy failed; the message has the command and its stderr (one line).
+
+    returncode: the exit status of ssh/scp when known; 255 means ssh itself failed (connection,
+    host key, login), so whether the remote command ran is unknown. timed_out: no answer within the
+    timeout (ssh was killed; the remote command may still be running).
+    """
+
+    def __init__(self, message: str, returncode: Optional[int] = None, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.returncode = returncode
+        self.timed_out = timed_out
+
+    @property
+    def ssh_failed(self) -> bool:
+        return self.returncode == SSH_FAILED
+
+    @property
+    def outcome_unknown(self) -> bool:
+        """Whether the remote command may have run to its end anyway (ssh failed, or timed out)."""
+        return self.ssh_failed or self.timed_out
+
+
+SSH_FAILED = 255  # ssh's own exit status for a connection, host key or login failure
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` on one line (non-empty lines joined with '; '), at most ``limit`` characters.
+
+    ssh prints several lines for one failure ("No ED25519 host key is known ...",
+    "Host key verification failed."); the summary table has one line per host.
+    """
+    s = "; ".join(x.strip() for x in text.splitlines() if x.strip())
+    return s if len(s) <= limit else s[:limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -77,14 +109,22 @@ class Ssh:
         if self.target.port:
             cmd += ["-p", str(self.target.port)]
         cmd += [self.target.dest, "--", " ".join(shlex.quote(a) for a in argv)]
-        try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise SshError(f"{self.target}: {' '.join(argv)}: no answer within {timeout:g} s") from None
+        r = self._run(cmd, timeout, f"{' '.join(argv)}: no answer within {timeout:g} s")
+        if r.returncode == SSH_FAILED:
+            # Raised even with check=False: the caller cannot read anything into the output.
+            raise SshError(f"{self.target}: ssh failed: {one_line(r.stderr) or 'exit 255'}", SSH_FAILED)
         if check and r.returncode != 0:
-            why = r.stderr.strip() or r.stdout.strip()
-            raise SshError(f"{self.target}: {' '.join(argv)}: exit {r.returncode}: {why}")
+            why = one_line(r.stderr) or one_line(r.stdout)
+            raise SshError(f"{self.target}: {' '.join(argv)}: exit {r.returncode}: {why}", r.returncode)
         return r
+
+    def _run(self, cmd: List[str], timeout: float, late: str) -> subprocess.CompletedProcess:
+        # start_new_session: the terminal's Ctrl-C (SIGINT to the foreground process group) must
+        # not kill ssh in the middle of a step; edge-deploy stops between steps and rolls back.
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, start_new_session=True)
+        except subprocess.TimeoutExpired:
+            raise SshError(f"{self.target}: {late}", timed_out=True) from None
 
     def shell(self, script: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
         """Run a shell snippet remotely (for reload commands given as one string)."""
@@ -97,18 +137,19 @@ class Ssh:
             cmd += ["-P", str(self.target.port)]
         host = f"[{self.target.host}]" if ":" in self.target.host else self.target.host
         dest = f"{self.target.user + '@' if self.target.user else ''}{host}:{remote}"
-        try:
-            r = subprocess.run([*cmd, str(local), dest], capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise SshError(f"{self.target}: copying {local.name} took longer than {timeout:g} s") from None
+        r = self._run([*cmd, str(local), dest], timeout, f"copying {local.name} took longer than {timeout:g} s")
         if r.returncode != 0:
-            raise SshError(f"{self.target}: scp {local} -> {remote}: exit {r.returncode}: {r.stderr.strip()}")
+            raise SshError(f"{self.target}: scp {local} -> {remote}: exit {r.returncode}: {one_line(r.stderr)}",
+                           r.returncode)
 
     def close(self) -> None:
         if self._ctl is not None:
             cmd = ["ssh", *self._opts(), "-O", "exit"]
             if self.target.port:
                 cmd += ["-p", str(self.target.port)]
-            subprocess.run([*cmd, self.target.dest], capture_output=True, timeout=10)
+            try:
+                subprocess.run([*cmd, self.target.dest], capture_output=True, timeout=10, start_new_session=True)
+            except subprocess.TimeoutExpired:
+                pass  # the master exits by itself after ControlPersist
             self._ctl.cleanup()
             self._ctl = None

@@ -73,6 +73,7 @@ def _score(
     from .bundle import BundleError, load_bundle
     from .detector import Detector
     from .preprocess import ImageError
+    from .signing import as_shown
 
     if threshold is not None and not math.isfinite(threshold):
         raise UserError(f"--threshold must be a finite number, got {threshold}")
@@ -80,11 +81,9 @@ def _score(
         # An archive is unpacked into extract_to, which the caller removes when scoring ends.
         b = load_bundle(bundle, extract_to=Path(extract_to))
         det = Detector(b, variant=variant, num_threads=threads, threshold=threshold)
-    except BundleError as e:
-        # An archive's messages would name the temporary folder it was unpacked into.
-        raise UserError(f"bundle refused: {str(e).replace(extract_to, bundle)}") from None
-    except ValueError as e:  # a manifest block the device can't build (scorer, preprocess)
-        raise UserError(f"bundle refused: {bundle}: {e}") from None
+    except (BundleError, ValueError) as e:  # ValueError: a manifest block the device can't build (scorer, preprocess)
+        # An archive's bundle is read from extract_to: messages name the archive the user gave.
+        raise UserError(f"bundle refused: {as_shown(e, extract_to, bundle)}") from None
     bad = 0
     for path in images:
         try:
@@ -282,62 +281,100 @@ _STORE = click.option("--store", default="/var/lib/edge-detect/bundles", show_de
 def bundle_install(source: str, store: str, trusted: Tuple[str, ...], no_activate: bool) -> None:
     """Verify SOURCE (bundle directory or .tar.gz), install it as a new version, switch current to it.
 
-    Prints one JSON line: version, previous, model_sha256 per variant. Exit 2 if refused.
+    --store must be a bundle store, or a new or empty folder: a folder of other files is refused.
+    Prints one JSON line: version (the version directory's name), path, previous (what current
+    pointed to before: the version itself when it already was current; null with --no-activate),
+    current (what it points to now), name, bundle_version, model_sha256 per variant, signed_by,
+    activated, pruned (older versions removed; the store keeps current, previous and the newest).
+    Exit 2 if refused.
     """
-    import tempfile
     from pathlib import Path
 
     from .bundle import ARCHIVE_SUFFIXES, BundleError, unpack
-    from .signing import load_trusted_keys
-    from .update import BundleStore
+    from .signing import check_as_device, load_trusted_keys
+    from .update import BundleStore, StoreError
 
     try:
         keys = load_trusted_keys(trusted) if trusted else None
     except (OSError, ValueError) as e:
         raise UserError(f"--trusted-key: {e}") from None
+    s, src = BundleStore(store), Path(source)
     try:
-        with tempfile.TemporaryDirectory(prefix=".unpack-", dir=Path(store).parent if Path(store).parent.is_dir()
-                                         else None) as tmp:
-            src = Path(source)
-            if src.is_file() and src.name.endswith(ARCHIVE_SUFFIXES):
-                src = unpack(src, Path(tmp) / "bundle")
-            r = BundleStore(store).install(src, trusted=keys, activate=not no_activate)
+        if src.is_file() and src.name.endswith(ARCHIVE_SUFFIXES):
+            # Unpacked inside the store, which the deploy user may write (its parent: maybe not);
+            # an interrupted install's folder is removed by the next one.
+            with s.scratch("unpack") as tmp:
+                # The store's check again, first, for its messages: they name SOURCE, not tmp.
+                check_as_device(unpack(src, tmp), keys, shown=source)
+                r = s.install(tmp, trusted=keys, activate=not no_activate)
+        else:
+            check_as_device(src, keys, shown=source)
+            r = s.install(src, trusted=keys, activate=not no_activate)
+    except StoreError as e:
+        raise UserError(str(e)) from None
     except BundleError as e:
         raise UserError(f"bundle refused: {e}") from None
     except OSError as e:  # e.g. a --store that can't be created or written
-        raise UserError(f"cannot install into {store}: {e.strerror or e}: {e.filename}") from None
+        raise UserError(_install_os_error(e, store, source)) from None
     click.echo(json.dumps(r.to_dict()))
+
+
+def _install_os_error(e: OSError, store: str, source: str) -> str:
+    """The store at fault, named as given, for an error inside it; else the file the OS names."""
+    from .oneline import os_error
+
+    where = os.path.abspath(e.filename) if isinstance(e.filename, str) else None
+    if where is None or os.path.commonpath([where, os.path.abspath(store)]) == os.path.abspath(store):
+        return f"cannot install into {store}: {e.strerror or e}"
+    return f"cannot install {source}: {os_error(e, source)}"
 
 
 @bundle.command("activate")
 @click.argument("version")
 @_STORE
 def bundle_activate(version: str, store: str) -> None:
-    """Switch current to an installed VERSION (a rollback names the previous one). Prints JSON."""
+    """Switch current to VERSION: an installed version as `bundle list` shows it, or `previous`.
+
+    A manual rollback is `edge-detect bundle activate previous`, then a reload of the daemon
+    (`systemctl reload edge-detect`); run it again to undo. The version's files are verified
+    first; a damaged or unknown version is refused and current stays as it was. Prints one JSON
+    line: current, previous (the previous link now), pruned (versions removed).
+    """
     from .bundle import BundleError
     from .update import BundleStore
 
     try:
-        prev = BundleStore(store).activate(version)
+        a = BundleStore(store).activate(version)
     except BundleError as e:
         raise UserError(str(e)) from None
-    click.echo(json.dumps({"current": version, "previous": prev}))
+    except OSError as e:
+        raise UserError(f"cannot activate {version!r} in {store}: {e.strerror or e}") from None
+    click.echo(json.dumps(a.to_dict()))
 
 
 @bundle.command("list")
 @_STORE
 def bundle_list(store: str) -> None:
-    """Print the store as JSON: current, previous and the installed versions."""
+    """Print the store as JSON: current, previous and the installed versions.
+
+    A running install is waited for (at most 60 s), so the listing shows where it left the store.
+    A link that points at no installed version (the daemon could not load it) is a `warning:` line
+    on stderr.
+    """
     from .bundle import BundleError
     from .update import BundleStore
 
     if not os.path.isdir(store):  # a mistyped --store would otherwise read as an empty one
         raise UserError(f"--store {store}: no such directory (nothing installed yet, or another --store)")
-    s = BundleStore(store)
     try:
-        click.echo(json.dumps({"current": s.current(), "previous": s.previous(), "versions": s.versions()}))
-    except BundleError as e:  # e.g. a current that is a plain file, not the link the store manages
+        state, problems = BundleStore(store).read()
+    except BundleError as e:  # busy; or a current that is a plain file, not the link the store manages
         raise UserError(str(e)) from None
+    except OSError as e:
+        raise UserError(f"cannot read {store}: {e.strerror or e}") from None
+    click.echo(json.dumps(state))
+    for line in problems:
+        click.echo(f"warning: {line}", err=True)
 
 
 @main.command()

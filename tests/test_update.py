@@ -18,12 +18,13 @@ from edge_detect.bundle import MANIFEST, BundleError, pack
 from edge_detect.signing import (
     SIGNATURE,
     SignatureError,
+    check_as_device,
     generate_keypair,
     load_trusted_keys,
     sign_bundle,
     verify_signature,
 )
-from edge_detect.update import BundleStore, Updater, update_messages
+from edge_detect.update import MAX_PARTS, BundleStore, Updater, update_messages
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +107,39 @@ def test_chunked_update_is_reassembled(v2, keys, tmp_path):
         up.handle(m)
     assert results == [(True, results[0][1])] and statuses[-1]["state"] == "installed"
     assert up.store.current() == statuses[-1]["version"]
+
+
+def test_a_chunked_update_has_at_most_max_parts(v2, tmp_path):
+    results = []
+    up = Updater(BundleStore(tmp_path / "bundles"), [], report=lambda cmd, ok, detail="", **f: results.append(detail),
+                 status=lambda body: None)
+    up.handle({"cmd": "update", "id": "u", "archive": "", "part": 0, "parts": MAX_PARTS + 1})
+    assert results == [f'update refused: "part" must be an integer 0 <= part < "parts" <= {MAX_PARTS}']
+    up.handle({"cmd": "update", "id": "u", "archive": "", "part": 0, "parts": MAX_PARTS})
+    assert len(results) == 1 and up._partial["u"]["parts"] == MAX_PARTS  # waits for the other parts
+
+
+def test_check_as_device_names_the_bundle_as_shown(v2, keys, tmp_path):
+    """An archive is checked in the folder it was unpacked into; messages name the archive."""
+    unpacked = tmp_path / ".unpack-x1y2" / "bundle"
+    shutil.copytree(v2, unpacked)
+    check_as_device(unpacked, shown="v2.tar.gz")
+    with pytest.raises(SignatureError) as e:  # the type survives: callers tell signatures apart
+        check_as_device(unpacked, load_trusted_keys([keys["pub"]]), shown="v2.tar.gz")
+    assert str(e.value).startswith("v2.tar.gz: ") and ".unpack-" not in str(e.value)
+    (unpacked / "extra.bin").write_bytes(b"x")
+    with pytest.raises(BundleError) as e:
+        check_as_device(unpacked, shown="v2.tar.gz")
+    assert str(e.value) == "v2.tar.gz: bundle carries files that manifest.json does not list: extra.bin"
+    (unpacked / "extra.bin").unlink()
+    model = next(unpacked.glob("*.tflite"))
+    model.write_bytes(model.read_bytes()[:-1] + b"\0")
+    with pytest.raises(BundleError) as e:
+        check_as_device(unpacked, shown="v2.tar.gz")
+    assert str(e.value) == (f"bundle v2.tar.gz: SHA-256 of {model.name} does not match the manifest "
+                            "(tampered or truncated)")
+    with pytest.raises(BundleError, match=f"^bundle {unpacked}: SHA-256"):  # no shown: the folder itself
+        check_as_device(unpacked)
 
 
 def _retained_status(broker, topic: str, timeout: float = 5.0) -> dict:
@@ -196,6 +230,11 @@ def test_cli_bad_keys_archives_and_options_are_one_line_exit_2(tiny_bundle, tmp_
     keys = tmp_path / "keys"
     assert CliRunner().invoke(deploy_cli, ["keygen", "--out", str(keys)]).exit_code == 0
     priv, pub = str(keys / "edge-detect-update.key.pem"), str(keys / "edge-detect-update.pub.pem")
+    signed = bundle.parent / "signed"
+    shutil.copytree(bundle, signed)
+    signed_archive = str(tmp_path / "signed.tar.gz")
+    r = CliRunner().invoke(deploy_cli, ["sign", str(signed), "--key", priv, "--archive", signed_archive])
+    assert r.exit_code == 0, r.output
     odd_store = tmp_path / "store"
     odd_store.mkdir()
     (odd_store / "current").write_text("not the link the store manages\n")
@@ -206,13 +245,16 @@ def test_cli_bad_keys_archives_and_options_are_one_line_exit_2(tiny_bundle, tmp_
         (deploy_cli, ["sign", str(bundle), "--key", str(notes)], f"{notes}: not an unencrypted PEM private key"),
         (deploy_cli, ["sign", str(bundle), "--key", pub], f"{pub}: not an unencrypted PEM private key"),
         (deploy_cli, ["sign", str(bundle), "--key", priv, "--archive", str(tmp_path / "no" / "b.tar.gz")],
-         f"cannot use {tmp_path / 'no' / 'b.tar.gz.part'}"),
+         f"--archive {tmp_path / 'no' / 'b.tar.gz'}: folder {tmp_path / 'no'} does not exist"),
         (deploy_cli, ["push", str(notes), "--host", "a@b"], f"{notes}: not a bundle (no manifest.json)"),
         (deploy_cli, ["update", str(notes), "--device", "d"], f"bundle refused: {notes}: not a bundle"),
-        (deploy_cli, ["update", archive, "--device", "d", "--broker", "h:99999"], "port must be 1..65535"),
-        (deploy_cli, ["update", archive, "--device", "d", "--broker", "127.0.0.1:1", "--tls-ca", str(notes)],
+        (deploy_cli, ["update", archive, "--device", "d", "--broker", "127.0.0.1:1"],
+         f"{archive} is unsigned (no signature.ed25519)"),
+        (deploy_cli, ["update", signed_archive, "--device", "d", "--broker", "h:99999"], "port must be 1..65535"),
+        (deploy_cli, ["update", signed_archive, "--device", "d", "--broker", "127.0.0.1:1", "--tls-ca", str(notes)],
          f"CA file {notes}: not usable for TLS"),
-        (deploy_cli, ["update", archive, "--device", "d", "--broker", "127.0.0.1:1"], "cannot connect to 127.0.0.1:1"),
+        (deploy_cli, ["update", signed_archive, "--device", "d", "--broker", "127.0.0.1:1"],
+         "cannot connect to 127.0.0.1:1"),
         (device_cli, ["bundle", "install", archive, "--store", str(tmp_path / "s"), "--trusted-key", str(notes)],
          f"--trusted-key: {notes}: not a PEM public key"),
         (device_cli, ["bundle", "install", archive, "--store", str(notes / "s")], f"cannot install into {notes / 's'}"),
