@@ -18,12 +18,13 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, TypeVar, Union
 
 import numpy as np
 
@@ -251,8 +252,29 @@ def load_bundle(path: Union[str, Path], verify: bool = True, extract_to: Optiona
             return _load_dir(path, verify)
         except BundleError as e:
             # Name the archive the user gave, not the temporary folder it was unpacked into.
-            raise BundleError(str(e).replace(str(path), str(archive))) from None
+            raise as_shown(e, path, str(archive)) from None
     return _load_dir(path, verify)
+
+
+_E = TypeVar("_E", bound=Exception)
+
+
+def as_shown(e: _E, folder: Union[str, Path], shown: Optional[str] = None) -> _E:
+    """``e`` (same type) worded as "SHOWN: why" for the bundle read from ``folder``: ``folder`` in the
+    message becomes ``shown`` (default: ``folder`` itself), and a message naming neither gets the
+    prefix. The one place that names a bundle the way the user gave it."""
+    name, text = shown if shown is not None else str(folder), str(e)
+    if name != str(folder):
+        text = _path_in(str(folder)).sub(lambda _: name, text)
+    if not _path_in(name).search(text):
+        text = f"{name}: {text}"
+    return e if text == str(e) else type(e)(text)
+
+
+def _path_in(path: str) -> re.Pattern:
+    """``path`` as a whole path in a message, or a path's start (``PATH/manifest.json``); never
+    inside another word (``b`` in ``bundle``)."""
+    return re.compile(r"(?<![^\s'\"(])" + re.escape(path) + r"(?![^\s/:'\"),])")
 
 
 def read_json(path: Path) -> Any:

@@ -70,10 +70,9 @@ def _score(
 ) -> None:
     from pathlib import Path
 
-    from .bundle import BundleError, load_bundle
+    from .bundle import BundleError, as_shown, load_bundle
     from .detector import Detector
     from .preprocess import ImageError
-    from .signing import as_shown
 
     if threshold is not None and not math.isfinite(threshold):
         raise UserError(f"--threshold must be a finite number, got {threshold}")

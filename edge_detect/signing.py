@@ -21,17 +21,16 @@ import base64
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional, Tuple, TypeVar, Union
+from typing import Iterable, List, Optional, Tuple, Union
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .atomic import write_atomic
-from .bundle import MANIFEST, BundleError
+from .bundle import MANIFEST, BundleError, as_shown
 
 SIGNATURE = "signature.ed25519"
 ALGORITHM = "ed25519"
@@ -108,9 +107,6 @@ def load_trusted_keys(paths: Iterable[Union[str, Path]]) -> List[TrustedKey]:
     return keys
 
 
-_E = TypeVar("_E", bound=Exception)
-
-
 def check_as_device(bundle_dir: Union[str, Path], trusted: Optional[List[TrustedKey]] = None, *,
                     shown: Optional[str] = None) -> None:
     """Refuse ``bundle_dir`` (BundleError "BUNDLE: why") unless a device's bundle store would install it:
@@ -123,24 +119,6 @@ def check_as_device(bundle_dir: Union[str, Path], trusted: Optional[List[Trusted
         check_installable(Path(bundle_dir), trusted)
     except BundleError as e:
         raise as_shown(e, bundle_dir, shown) from None
-
-
-def as_shown(e: _E, folder: Union[str, Path], shown: Optional[str] = None) -> _E:
-    """``e`` (same type) worded as "SHOWN: why" for the bundle read from ``folder``: ``folder`` in the
-    message becomes ``shown`` (default: ``folder`` itself), and a message naming neither gets the
-    prefix. The one place that names a bundle the way the user gave it."""
-    name, text = shown if shown is not None else str(folder), str(e)
-    if name != str(folder):
-        text = _path_in(str(folder)).sub(lambda _: name, text)
-    if not _path_in(name).search(text):
-        text = f"{name}: {text}"
-    return e if text == str(e) else type(e)(text)
-
-
-def _path_in(path: str) -> re.Pattern:
-    """``path`` as a whole path in a message, or a path's start (``PATH/manifest.json``); never
-    inside another word (``b`` in ``bundle``)."""
-    return re.compile(r"(?<![^\s'\"(])" + re.escape(path) + r"(?![^\s/:'\"),])")
 
 
 def sign_bundle(bundle_dir: Union[str, Path], private_key: Union[str, Path, Ed25519PrivateKey]) -> Path:
