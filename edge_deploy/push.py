@@ -481,7 +481,8 @@ def check_bundle(bundle_path: str, workdir: Path, verify_keys: Sequence[str] = (
     verify_keys: workstation public keys (files or directories) the signature must verify against.
     require_signature: why the devices need a signature, and how to get one; refuses an unsigned bundle.
     """
-    bundle = load_bundle(bundle_path, extract_to=workdir / "src")
+    # Read only: check_as_device below verifies it, with the messages a device would give.
+    bundle = load_bundle(bundle_path, verify=False, extract_to=workdir / "src")
     keys = None
     if verify_keys:
         try:

@@ -289,8 +289,8 @@ def bundle_install(source: str, store: str, trusted: Tuple[str, ...], no_activat
     """
     from pathlib import Path
 
-    from .bundle import ARCHIVE_SUFFIXES, BundleError, unpack
-    from .signing import check_as_device, load_trusted_keys
+    from .bundle import ARCHIVE_SUFFIXES, BundleError, as_shown, unpack
+    from .signing import load_trusted_keys
     from .update import BundleStore, StoreError
 
     try:
@@ -298,21 +298,22 @@ def bundle_install(source: str, store: str, trusted: Tuple[str, ...], no_activat
     except (OSError, ValueError) as e:
         raise UserError(f"--trusted-key: {e}") from None
     s, src = BundleStore(store), Path(source)
+    folder: Optional[Path] = None  # where the bundle is read from: its messages name SOURCE instead
     try:
         if src.is_file() and src.name.endswith(ARCHIVE_SUFFIXES):
             # Unpacked inside the store, which the deploy user may write (its parent: maybe not);
             # an interrupted install's folder is removed by the next one.
             with s.scratch("unpack") as tmp:
-                # The store's check again, first, for its messages: they name SOURCE, not tmp.
-                check_as_device(unpack(src, tmp), keys, shown=source)
+                unpack(src, tmp)
+                folder = tmp
                 r = s.install(tmp, trusted=keys, activate=not no_activate)
         else:
-            check_as_device(src, keys, shown=source)
+            folder = src
             r = s.install(src, trusted=keys, activate=not no_activate)
     except StoreError as e:
         raise UserError(str(e)) from None
     except BundleError as e:
-        raise UserError(f"bundle refused: {e}") from None
+        raise UserError(f"bundle refused: {e if folder is None else as_shown(e, folder, source)}") from None
     except OSError as e:  # e.g. a --store that can't be created or written
         raise UserError(_install_os_error(e, store, source)) from None
     click.echo(json.dumps(r.to_dict()))
